@@ -1,0 +1,94 @@
+"""The backbone object handed from backbone plugins to the harness, and its freeze units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A named group of parameters; units are ordered from input to output."""
+
+    name: str
+    params: tuple[str, ...]
+    modules: tuple[str, ...] = ()  # module prefixes the unit covers (for BatchNorm handling)
+
+
+@dataclass(frozen=True)
+class WeightsRequest:
+    """Which pretrained weights to use, from the config."""
+
+    pretrained: bool = True
+    file: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class Backbone:
+    """A model with its new classification head, input config and ordered freeze units."""
+
+    name: str
+    model: nn.Module
+    units: tuple[Unit, ...]
+    head: Unit
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_source: str  # "random", "shipped:<file>", "file:<path>", "timm:<tag>"
+    weights_sha256: str | None = None
+
+    def __post_init__(self):
+        names = dict(self.model.named_parameters())
+        seen: dict[str, str] = {}
+        for unit in (*self.units, self.head):
+            for p in unit.params:
+                if p not in names:
+                    raise ValueError(f"backbone {self.name}: unit {unit.name} names unknown parameter {p}")
+                if p in seen:
+                    raise ValueError(f"backbone {self.name}: parameter {p} in units {seen[p]} and {unit.name}")
+                seen[p] = unit.name
+        missing = sorted(set(names) - set(seen))
+        if missing:
+            raise ValueError(f"backbone {self.name}: parameters in no unit: {missing[:5]}")
+
+    def unit_names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    def unit_index(self, name_or_index) -> int:
+        if isinstance(name_or_index, int):
+            return name_or_index
+        try:
+            return self.unit_names().index(name_or_index)
+        except ValueError:
+            raise UserError(
+                f"Backbone {self.name!r} has no unit {name_or_index!r}; its units are: "
+                f"{', '.join(self.unit_names())}"
+            ) from None
+
+    def param_count(self, unit: Unit) -> int:
+        params = dict(self.model.named_parameters())
+        return sum(params[p].numel() for p in unit.params)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone plugin registers."""
+
+    name: str
+    build: Callable[[int, WeightsRequest], Backbone]  # (num_classes, weights) -> Backbone
+    summary: str = ""
+    default_weights: str = ""  # where pretrained weights come from by default, for listings
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,48 @@
+"""The ``freezebench`` command line. Commands import torch, timm, optuna and mlflow only when they run."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import UserError
+from .console import err_console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="freezebench")
+def cli():
+    """Benchmark freeze strategies for transfer learning on medical images."""
+
+
+def _register_commands() -> None:
+    from . import info, results, run
+
+    cli.add_command(run.run)
+    cli.add_command(info.plugins_cmd)
+    cli.add_command(info.list_cmd)
+    cli.add_command(results.leaderboard_cmd)
+    cli.add_command(results.ui_cmd)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="freezebench", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,114 @@
+"""`freezebench leaderboard` and `freezebench ui`: read results back from MLflow."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import UserError
+from .console import console, err_console, print_json
+from .options import store_options
+
+
+def _fmt(column: str, v) -> str:
+    if v is None:
+        return "-"
+    if column == "lr":
+        return f"{float(v):.1e}"
+    if column == "trainable_params":
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"
+    if column == "wall_time_s":
+        return f"{v:.1f}s"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+# column -> header; compact enough for an 80-column terminal
+LEADERBOARD_COLUMNS = {
+    "rank": "#", "backbone": "backbone", "strategy": "strategy", "k": "k", "lr": "lr", "best_epoch": "ep",
+    "val": "val", "test_accuracy": "test\nacc", "test_f1": "test\nf1", "test_auc": "test\nauc",
+    "trainable_params": "trained\nparams", "wall_time_s": "time",
+}
+
+
+def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = None, limit: int | None = None) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ..leaderboard import leaderboard
+
+    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit)
+    title = f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
+    if len({r["backbone"] for r in rows}) <= 1:
+        cols.pop("backbone")
+    if console.width < 90:  # keep the table whole on an 80-column terminal; --json has every field
+        cols.pop("wall_time_s")
+    for c, header in cols.items():
+        width = max(len(line) for line in header.split("\n"))
+        width = max([width] + [len(_fmt(c, r.get(c if c != "val" else f"val_{metric}"))) for r in rows])
+        table.add_column(header, justify="left" if c in ("backbone", "strategy") else "right", min_width=width)
+    for r in rows:
+        table.add_row(*(_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols))
+    console.print(table)
+    if not rows:
+        console.print(f"No finished trials for {dataset!r} yet.")
+
+
+@click.command("leaderboard")
+@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
+@click.option("--metric", default="f1", show_default=True, help="Rank by the best validation value of this metric.")
+@click.option("--suite", help="Only trials of this suite.")
+@click.option("--limit", type=click.IntRange(min=1), help="Show the top N.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_options
+def leaderboard_cmd(dataset, metric, suite, limit, as_json, results_dir, storage, tracking_uri):
+    """Trials of DATASET ranked by their best validation metric, with test metrics."""
+    from ..leaderboard import leaderboard
+    from ..stores import Stores
+    from ..tracking import Tracker
+
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    if not stores.exists():
+        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    if as_json:
+        print_json(leaderboard(tracker, dataset, metric, suite=suite, limit=limit))
+    else:
+        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit)
+
+
+def ui_command(stores, port: int) -> list[str]:
+    import sys
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stores.tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if stores.artifact_root:
+        cmd += ["--default-artifact-root", stores.artifact_root]
+    return cmd
+
+
+@click.command("ui")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@store_options
+def ui_cmd(port, results_dir, storage, tracking_uri):
+    """Start the MLflow UI on the local results store, bound to 127.0.0.1."""
+    import subprocess
+
+    from ..stores import Stores
+
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    if not stores.local_tracking:
+        raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
+    if not stores.exists():
+        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    url = f"http://127.0.0.1:{port}/#/experiments"
+    console.print(f"MLflow UI for {stores.results_dir}: [bold]{url}[/] (Ctrl-C to stop)", highlight=False)
+    try:
+        code = subprocess.call(ui_command(stores, port))
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        err_console.print(f"The MLflow server exited with status {code} (port {port} in use? try --port).")
+    raise SystemExit(code)

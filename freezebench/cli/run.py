@@ -1,0 +1,90 @@
+"""`freezebench run`: run a suite from benchmarks.toml with live progress and a summary."""
+
+from __future__ import annotations
+
+import click
+
+from .console import console
+from .options import store_options
+
+
+class RichReporter:
+    """Progress bars per study (trials) and per trial (epochs)."""
+
+    def __init__(self, progress, metric: str):
+        self.progress, self.metric = progress, metric
+        self.study_task = self.trial_task = None
+
+    def study_started(self, study, n_trials, n_done):
+        self.study_task = self.progress.add_task(f"[bold]{study}", total=n_trials, completed=n_done)
+        if n_done:
+            self.progress.console.print(f"{study}: resuming, {n_done} of {n_trials} trials already done")
+
+    def trial_started(self, study, number, cfg):
+        if self.trial_task is not None:
+            self.progress.remove_task(self.trial_task)
+        extra = "".join(f" {k}={v}" for k, v in cfg.strategy_params.items())
+        self.trial_task = self.progress.add_task(f"  trial {number}: {cfg.strategy}{extra} lr={cfg.lr:.2g}", total=cfg.epochs)
+
+    def epoch_done(self, epoch, record):
+        self.progress.update(self.trial_task, completed=epoch)
+
+    def trial_ended(self, study, number, state, value):
+        self.progress.advance(self.study_task)
+        shown = f"val_{self.metric}={value:.4f}" if value is not None else ""
+        self.progress.console.print(f"  trial {number} {state} {shown}")
+
+    def study_ended(self, summary):
+        if self.trial_task is not None:
+            self.progress.remove_task(self.trial_task)
+            self.trial_task = None
+
+
+@click.command("run")
+@click.option("--suite", required=True, help="Suite name from benchmarks.toml.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Benchmarks file (default: ./benchmarks.toml).")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Override the suite's n_trials.")
+@store_options
+def run(suite, config_path, n_trials, results_dir, storage, tracking_uri):
+    """Run SUITE: an Optuna study per (dataset, backbone), every trial tracked in MLflow."""
+    import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .. import registry
+    from ..config import load_config
+    from ..runner import prepare_suite, run_suite
+    from ..stores import Stores
+    from ..tracking import Tracker
+    from .results import print_leaderboard
+
+    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
+    config = load_config(config_path, declared)
+    if n_trials:
+        config.suites[suite] = dataclasses.replace(config.suite(suite), n_trials=n_trials)
+    with console.status(f"Preparing suite {suite!r} (datasets, backbones)..."):
+        plans = prepare_suite(config, suite)
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    metric = config.suite(suite).metric
+    console.print(f"Suite [bold]{suite}[/]: {len(plans)} studies x {config.suite(suite).n_trials} trials; "
+                  f"results in {stores.results_dir}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        summaries = run_suite(plans, stores, RichReporter(progress, metric))
+
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"Suite {suite}: best trial per study, selected on val {metric}", box=box.SIMPLE_HEAD)
+    for col in ("study", "trials", f"val {metric}", "best config", "test f1", "test auc"):
+        table.add_column(col, overflow="fold")
+    for s in summaries:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items()))
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
+        table.add_row(s.study, counts, fmt(s.best_value), best or "-", fmt(s.best_test.get("f1")), fmt(s.best_test.get("auc")))
+    console.print(table)
+    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    for label in dict.fromkeys(s.dataset for s in summaries):
+        print_leaderboard(tracker, label, metric, suite=suite, limit=10)
+    console.print("Browse every run: [bold]freezebench ui[/]" + (f" --results-dir {results_dir}" if results_dir else ""))

@@ -1,0 +1,280 @@
+"""benchmarks.toml -> typed, validated suites. Every error names the file and the key."""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .metrics import METRICS
+from .strategy import BN_POLICIES
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median", "hyperband")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical search dimension."""
+
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric search dimension; for 'unit' params a negative bound counts from the number of units."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    alias: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.alias or self.name
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    name: str
+    weights: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    datasets: tuple[DatasetRef, ...]
+    backbones: tuple[BackboneRef, ...]
+    params: dict[str, Any]  # name -> fixed value | Choice | Range
+    n_trials: int = 10
+    metric: str = "f1"
+    sampler: str = "tpe"
+    pruner: str = "none"
+    seed: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    suites: dict[str, Suite]
+
+    def suite(self, name: str) -> Suite:
+        if name not in self.suites:
+            raise UserError(
+                f"{self.path}: no suite named {name!r}. Suites defined there: {', '.join(self.suites) or 'none'}."
+            )
+        return self.suites[name]
+
+
+# Trial parameters the core understands: name -> (type, check, description)
+def _positive(v):
+    return v > 0
+
+
+CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
+    "strategy": (str, None, "a freeze strategy name"),
+    "lr": (float, _positive, "a learning rate > 0"),
+    "head_lr_mult": (float, _positive, "a multiplier > 0"),
+    "optimizer": (str, ("sgd", "adam"), "'sgd' or 'adam'"),
+    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "bn_policy": (str, BN_POLICIES, " or ".join(repr(p) for p in BN_POLICIES)),
+    "epochs": (int, _positive, "an integer >= 1"),
+    "batch_size": (int, lambda v: v >= 2, "an integer >= 2"),
+    "image_size": (int, lambda v: 16 <= v <= 1024, "an integer in 16..1024"),
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+}
+SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params"}
+
+
+def default_config_path() -> Path:
+    """--config, else $FREEZEBENCH_CONFIG, else ./benchmarks.toml, else the copy shipped in the package."""
+    env = os.environ.get("FREEZEBENCH_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("benchmarks.toml")
+    if local.is_file():
+        return local
+    return Path(str(resources.files("freezebench") / "default_benchmarks.toml"))
+
+
+def load_config(path: str | Path | None = None, strategy_params: dict[str, str] | None = None) -> Config:
+    """Parse and validate a benchmarks file.
+
+    ``strategy_params`` maps extra parameter names declared by installed strategies to the
+    strategy that declares them (so ``k`` is accepted); unknown names are errors.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise UserError(f"Config file not found: {path}. Pass --config PATH or create benchmarks.toml.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a UTF-8 text file ({exc})") from None
+    return parse_config(data, path, strategy_params or {})
+
+
+class _Ctx:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, msg: str):
+        raise UserError(f"{self.path}: {key}: {msg}")
+
+
+def parse_config(data: dict, path: Path, strategy_params: dict[str, str]) -> Config:
+    ctx = _Ctx(path)
+    unknown = set(data) - {"defaults", "suites"}
+    if unknown:
+        ctx.fail(sorted(unknown)[0], "unknown top-level table; expected [defaults] and [suites.NAME]")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        ctx.fail("defaults", "must be a table")
+    suites_raw = data.get("suites")
+    if not isinstance(suites_raw, dict) or not suites_raw:
+        ctx.fail("suites", "define at least one suite as a [suites.NAME] table")
+    suites = {}
+    for name, raw in suites_raw.items():
+        if not isinstance(raw, dict):
+            ctx.fail(f"suites.{name}", "must be a table")
+        merged = {**{k: v for k, v in defaults.items() if k != "params"}, **raw}
+        merged["params"] = {**defaults.get("params", {}), **raw.get("params", {})}
+        suites[name] = _parse_suite(ctx, name, merged, strategy_params)
+    return Config(path=path, suites=suites)
+
+
+def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str]) -> Suite:
+    key = f"suites.{name}"
+    for k in raw:
+        if k not in SUITE_KEYS:
+            ctx.fail(f"{key}.{k}", f"unknown key; expected one of: {', '.join(sorted(SUITE_KEYS))}")
+    for required in ("datasets", "backbones"):
+        if required not in raw:
+            ctx.fail(f"{key}.{required}", "is required (a list of names)")
+    n_trials = raw.get("n_trials", 10)
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        ctx.fail(f"{key}.n_trials", f"must be an integer >= 1, got {n_trials!r}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        ctx.fail(f"{key}.seed", f"must be an integer >= 0, got {seed!r}")
+    for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if k in raw and raw[k] not in allowed:
+            ctx.fail(f"{key}.{k}", f"must be one of {', '.join(allowed)}; got {raw[k]!r}")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        ctx.fail(f"{key}.params", "must be a table")
+    if "strategy" not in params:
+        ctx.fail(f"{key}.params.strategy", "is required: a strategy name or a list of names to search")
+    if "lr" not in params:
+        ctx.fail(f"{key}.params.lr", "is required: a number, a list, or {low = ..., high = ..., log = true}")
+    return Suite(
+        name=name,
+        description=str(raw.get("description", "")),
+        datasets=tuple(_dataset_ref(ctx, f"{key}.datasets", i, v) for i, v in enumerate(_list(ctx, f"{key}.datasets", raw["datasets"]))),
+        backbones=tuple(_backbone_ref(ctx, f"{key}.backbones", i, v) for i, v in enumerate(_list(ctx, f"{key}.backbones", raw["backbones"]))),
+        params={p: _param(ctx, f"{key}.params.{p}", p, v, strategy_params) for p, v in params.items()},
+        n_trials=n_trials,
+        metric=raw.get("metric", "f1"),
+        sampler=raw.get("sampler", "tpe"),
+        pruner=raw.get("pruner", "none"),
+        seed=seed,
+    )
+
+
+def _list(ctx: _Ctx, key: str, value) -> list:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        ctx.fail(key, "must be a non-empty list")
+    return value
+
+
+def _dataset_ref(ctx: _Ctx, key: str, i: int, value) -> DatasetRef:
+    if isinstance(value, str):
+        return DatasetRef(value)
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        options = {k: v for k, v in value.items() if k not in ("name", "alias")}
+        alias = value.get("alias")
+        if alias is not None and not isinstance(alias, str):
+            ctx.fail(f"{key}[{i}].alias", "must be a string")
+        return DatasetRef(value["name"], options, alias)
+    ctx.fail(f"{key}[{i}]", 'must be a dataset name or a table {name = "...", <options>}')
+
+
+def _backbone_ref(ctx: _Ctx, key: str, i: int, value) -> BackboneRef:
+    if isinstance(value, str):
+        return BackboneRef(value)
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        extra = set(value) - {"name", "weights", "sha256"}
+        if extra:
+            ctx.fail(f"{key}[{i}].{sorted(extra)[0]}", "unknown key; expected name, weights, sha256")
+        for k in ("weights", "sha256"):
+            if k in value and not isinstance(value[k], str):
+                ctx.fail(f"{key}[{i}].{k}", "must be a string")
+        return BackboneRef(value["name"], value.get("weights"), value.get("sha256"))
+    ctx.fail(f"{key}[{i}]", 'must be a backbone name or a table {name = "...", weights = "path", sha256 = "..."}')
+
+
+def _check_value(ctx: _Ctx, key: str, name: str, value):
+    if name not in CORE_PARAMS:  # a strategy's own parameter (e.g. k): int or float
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            ctx.fail(key, f"must be a number or a string, got {value!r}")
+        return value
+    typ, check, desc = CORE_PARAMS[name]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or isinstance(value, bool) or (typ is float and not math.isfinite(value)):
+        ctx.fail(key, f"must be {desc}, got {value!r}")
+    ok = check(value) if callable(check) else (check is None or value in check)
+    if not ok:
+        ctx.fail(key, f"must be {desc}, got {value!r}")
+    return value
+
+
+def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str]):
+    if name not in CORE_PARAMS and name not in strategy_params:
+        known = sorted(set(CORE_PARAMS) | set(strategy_params))
+        ctx.fail(key, f"unknown parameter {name!r}; known parameters: {', '.join(known)}")
+    if isinstance(value, list):
+        if not value:
+            ctx.fail(key, "an empty list offers nothing to search")
+        return Choice(tuple(_check_value(ctx, f"{key}[{i}]", name, v) for i, v in enumerate(value)))
+    if isinstance(value, dict):
+        extra = set(value) - {"low", "high", "log", "step"}
+        if extra or "low" not in value or "high" not in value:
+            ctx.fail(key, "a range is a table {low = ..., high = ..., log = true|false, step = ...}")
+        if name in CORE_PARAMS and CORE_PARAMS[name][0] not in (int, float):
+            ctx.fail(key, f"{name} cannot be a range; give a value or a list")
+        low, high = value["low"], value["high"]
+        for k, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                ctx.fail(f"{key}.{k}", f"must be a number, got {v!r}")
+        if name in CORE_PARAMS:
+            _check_value(ctx, f"{key}.low", name, low)
+            _check_value(ctx, f"{key}.high", name, high)
+            if low > high:
+                ctx.fail(key, f"low ({low}) is greater than high ({high})")
+        log = value.get("log", False)
+        if not isinstance(log, bool):
+            ctx.fail(f"{key}.log", "must be true or false")
+        if log and low <= 0:
+            ctx.fail(f"{key}.low", "must be > 0 for a log range")
+        return Range(low, high, log, value.get("step"))
+    return _check_value(ctx, key, name, value)
+

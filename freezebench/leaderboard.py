@@ -1,0 +1,68 @@
+"""Leaderboards from MLflow: a dataset's trial runs ranked by their best validation metric."""
+
+from __future__ import annotations
+
+from .errors import UserError
+from .metrics import HIGHER_IS_BETTER, METRICS
+from .tracking import TAG, Tracker
+
+PARAM_COLUMNS = ("strategy", "k", "lr", "head_lr_mult", "optimizer", "bn_policy", "epochs", "image_size")
+
+
+def _typed(value: str | None):
+    """MLflow stores params as strings; give numbers back as numbers."""
+    if value is None:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None) -> list[dict]:
+    if metric not in METRICS:
+        raise UserError(f"Unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    client = tracker.client
+    exp = client.get_experiment_by_name(dataset)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise UserError(
+            f"No results for dataset {dataset!r} in {tracker.tracking_uri}. "
+            f"Datasets with results: {', '.join(names) or 'none (run a suite first)'}."
+        )
+    query = f"tags.`{TAG}.role` = 'trial' and attributes.status = 'FINISHED'"
+    if suite:
+        query += f" and tags.`{TAG}.suite` = '{suite}'"
+    order = "DESC" if HIGHER_IS_BETTER[metric] else "ASC"
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id], query, order_by=[f"metrics.best_val_{metric} {order}"], max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token or (limit and len(runs) >= limit):
+            break
+    rows = []
+    for run in runs:
+        m, p, t = run.data.metrics, run.data.params, run.data.tags
+        if f"best_val_{metric}" not in m:
+            continue
+        rows.append(
+            {
+                "rank": len(rows) + 1,
+                "run_name": run.info.run_name,
+                "study": t.get(f"{TAG}.study", ""),
+                "backbone": t.get(f"{TAG}.backbone", ""),
+                **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
+                "best_epoch": int(m.get("best_epoch", 0)),
+                f"val_{metric}": m[f"best_val_{metric}"],
+                **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "f1", "auc")},
+                "trainable_params": int(m.get("trainable_params", 0)),
+                "wall_time_s": m.get("wall_time_s"),
+                "run_id": run.info.run_id,
+            }
+        )
+    return rows[:limit] if limit else rows

@@ -1,0 +1,45 @@
+"""Classification metrics (scikit-learn): accuracy, macro precision/recall/F1, ROC AUC, loss."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+METRICS = ("accuracy", "precision", "recall", "f1", "auc", "loss")
+HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "f1": True, "auc": True, "loss": False}
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, float]:
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(probs.shape[1]))
+    out = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "loss": float(loss),
+    }
+    out["auc"] = roc_auc(y_true, probs)
+    return out
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Binary: AUC of the positive class; multi-class: macro one-vs-rest. NaN if a class is absent."""
+    if len(np.unique(y_true)) < probs.shape[1] or not np.all(np.isfinite(probs)):
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if probs.shape[1] == 2:
+            return float(skm.roc_auc_score(y_true, probs[:, 1]))
+        return float(skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+
+
+def is_better(metric: str, new: float, old: float | None) -> bool:
+    if old is None or (isinstance(old, float) and math.isnan(old)):
+        return not math.isnan(new)
+    if math.isnan(new):
+        return False
+    return new > old if HIGHER_IS_BETTER[metric] else new < old

@@ -1,0 +1,42 @@
+"""Turn decoded images into model input: 3 channels, the trial's size, the backbone's normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def _to_rgb(image: np.ndarray) -> Image.Image:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Image.fromarray(arr, mode="RGB")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return Image.fromarray(arr[:, :, 0], mode="L").convert("RGB")
+    raise ValueError(f"image of shape {arr.shape}: expected (H, W) or (H, W, 3)")
+
+
+def resize_images(images, size: int) -> torch.Tensor:
+    """Resize every image to ``size`` x ``size`` RGB; returns uint8 (N, 3, size, size)."""
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    for i, image in enumerate(images):
+        pil = _to_rgb(image)
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.BILINEAR)
+        out[i] = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    return out
+
+
+class Normalizer:
+    """uint8 batch -> float batch with the backbone's mean and std."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() - self.mean) / self.std

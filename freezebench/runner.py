@@ -1,0 +1,274 @@
+"""Run a suite: resolve everything first (so mistakes write nothing), then one Optuna study per
+(dataset, backbone), each trial tracked as a nested MLflow run."""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import __version__, registry
+from .backbone import BackboneSpec, WeightsRequest
+from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
+from .dataset import ImageDataset
+from .errors import UserError
+from .stores import Stores
+from .trial import DataCache, TrialConfig, TrialResult, run_trial
+
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+class TrialFailed(Exception):
+    """A trial raised or diverged; recorded as failed, and the suite goes on."""
+
+
+class Reporter(Protocol):
+    def study_started(self, study: str, n_trials: int, n_done: int) -> None: ...
+    def trial_started(self, study: str, number: int, config: TrialConfig) -> None: ...
+    def epoch_done(self, epoch: int, record: dict[str, float]) -> None: ...
+    def trial_ended(self, study: str, number: int, state: str, value: float | None) -> None: ...
+    def study_ended(self, summary: "StudySummary") -> None: ...
+
+
+class SilentReporter:
+    def study_started(self, *a): ...
+    def trial_started(self, *a): ...
+    def epoch_done(self, *a): ...
+    def trial_ended(self, *a): ...
+    def study_ended(self, *a): ...
+
+
+@dataclass
+class StudyPlan:
+    suite: Suite
+    dataset_ref: DatasetRef
+    dataset: ImageDataset
+    backbone_ref: BackboneRef
+    backbone: BackboneSpec
+    units: list[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite.name}/{self.dataset_ref.label}/{self.backbone_ref.name}"
+
+
+@dataclass
+class StudySummary:
+    study: str
+    dataset: str
+    backbone: str
+    counts: dict[str, int] = field(default_factory=dict)
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_test: dict[str, float] = field(default_factory=dict)
+    parent_run_id: str = ""
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _is_path_option(key: str) -> bool:
+    return key in ("path", "root") or key.endswith(("_path", "_dir", "_root"))
+
+
+def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
+    """Check every name, option and file of a suite and load its datasets; writes nothing."""
+    suite = config.suite(suite_name)
+    base = config.path.resolve().parent
+    where = f"{config.path}: suites.{suite_name}"
+    strategies = registry.strategies()
+    spec = suite.params["strategy"]
+    names = spec.values if isinstance(spec, Choice) else (spec,)
+    for name in names:
+        if name not in strategies:
+            raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
+
+    datasets = []
+    for ref in suite.datasets:
+        if ref.name not in registry.datasets():
+            raise UserError(f"{where}.datasets: {registry.datasets().unknown_message(ref.name)}")
+        dspec = registry.datasets().get(ref.name)
+        bad = [k for k in ref.options if k not in dspec.options]
+        if bad:
+            raise UserError(
+                f"{where}.datasets: dataset {ref.name!r} has no option {bad[0]!r}; "
+                f"its options: {', '.join(dspec.options) or 'none'}."
+            )
+        options = {k: _resolve_path(v, base) if _is_path_option(k) and isinstance(v, str) else v for k, v in ref.options.items()}
+        datasets.append((ref, dspec.load(**options)))
+
+    backbones = []
+    for ref in suite.backbones:
+        if ref.name not in registry.backbones():
+            raise UserError(f"{where}.backbones: {registry.backbones().unknown_message(ref.name)}")
+        if ref.weights:
+            ref = BackboneRef(ref.name, _resolve_path(ref.weights, base), ref.sha256)
+            if not Path(ref.weights).is_file():
+                raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")
+        bspec = registry.backbones().get(ref.name)
+        units = bspec.build(2, WeightsRequest(pretrained=False)).unit_names()
+        _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, units)
+        backbones.append((ref, bspec, units))
+
+    return [
+        StudyPlan(suite, dref, ds, bref, bspec, units) for dref, ds in datasets for bref, bspec, units in backbones
+    ]
+
+
+def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, units: list[str]) -> None:
+    n = len(units)
+    for strategy in strategies:
+        for p in strategy.params:
+            if p.kind != "unit" or p.name not in suite.params:
+                continue
+            spec = suite.params[p.name]
+            values = spec.values if isinstance(spec, Choice) else (spec.low, spec.high) if isinstance(spec, Range) else (spec,)
+            for v in values:
+                if not isinstance(v, int) or not -n <= v <= n:
+                    raise UserError(
+                        f"{where}.params.{p.name}: {v!r} is not a unit index for backbone {backbone!r}: "
+                        f"use 0..{n} (or -{n}..-1 counted from the end); its {n} units are: {', '.join(units)}"
+                    )
+
+
+def _trial_name(number: int, cfg: TrialConfig) -> str:
+    extra = "".join(f" {k}={v}" for k, v in cfg.strategy_params.items())
+    return f"t{number:03d} {cfg.strategy}{extra} lr={cfg.lr:.2g}"
+
+
+def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cache: DataCache) -> StudySummary:
+    import optuna
+
+    from .search import direction, make_pruner, make_sampler, suggest_config
+
+    suite, metric = plan.suite, plan.suite.metric
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=plan.name,
+        storage=stores.optuna_url,
+        sampler=make_sampler(suite),
+        pruner=make_pruner(suite),
+        direction=direction(metric),
+        load_if_exists=True,
+    )
+    experiment_id = tracker.experiment_id(plan.dataset_ref.label)
+    base_tags = {
+        "freezebench.suite": suite.name,
+        "freezebench.study": plan.name,
+        "freezebench.dataset": plan.dataset_ref.label,
+        "freezebench.backbone": plan.backbone_ref.name,
+        "freezebench.objective": f"val_{metric}",
+    }
+    parent = tracker.study_run(
+        experiment_id,
+        plan.name,
+        base_tags,
+        {
+            "n_trials": suite.n_trials,
+            "sampler": suite.sampler,
+            "pruner": suite.pruner,
+            "seed": suite.seed,
+            "units": ", ".join(plan.units),
+            "search_space": repr(suite.params),
+            "dataset_source": plan.dataset.source,
+            "split_hash": plan.dataset.split_hash(),
+        },
+    )
+    strategies = registry.strategies()
+    weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = suggest_config(trial, suite, strategies, len(plan.units))
+        params = {
+            **cfg.as_flat_dict(),
+            "dataset": plan.dataset_ref.label,
+            "backbone": plan.backbone_ref.name,
+            "split_hash": plan.dataset.split_hash(),
+            "optuna_trial": trial.number,
+        }
+        tags = {**base_tags, "freezebench.strategy": cfg.strategy, "freezebench.optuna_trial": str(trial.number)}
+        run_id = tracker.start_trial(experiment_id, parent, _trial_name(trial.number, cfg), tags, params)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        reporter.trial_started(plan.name, trial.number, cfg)
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> None:
+            tracker.log_epoch(run_id, epoch, record)
+            reporter.epoch_done(epoch, record)
+            value = record[f"val_{metric}"]
+            if math.isfinite(value):
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result: TrialResult = run_trial(
+                cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache, on_epoch
+            )
+        except optuna.TrialPruned:
+            tracker.end_trial(run_id, "pruned")
+            reporter.trial_ended(plan.name, trial.number, "pruned", None)
+            raise
+        except (UserError, KeyboardInterrupt) as exc:
+            tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            tracker.end_trial(run_id, "failed", reason + "\n" + traceback.format_exc(limit=5))
+            trial.set_user_attr("fail_reason", reason)
+            reporter.trial_ended(plan.name, trial.number, "failed", None)
+            raise TrialFailed(reason) from exc
+        tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-"})
+        for k, v in result.outcome.test.items():
+            trial.set_user_attr(f"test_{k}", v)
+        trial.set_user_attr("trainable_params", result.trainable_params)
+        value = result.outcome.best_val[metric]
+        reporter.trial_ended(plan.name, trial.number, "complete", value)
+        return value
+
+    done = sum(t.state.name in FINISHED_STATES for t in study.trials)
+    reporter.study_started(plan.name, suite.n_trials, done)
+    if done < suite.n_trials:
+        study.optimize(
+            objective,
+            n_trials=suite.n_trials - done,
+            catch=(TrialFailed,),
+            callbacks=[optuna.study.MaxTrialsCallback(suite.n_trials, states=tuple(
+                getattr(optuna.trial.TrialState, s) for s in FINISHED_STATES))],
+        )
+    summary = summarize(study, plan, parent)
+    tracker.finish_study(
+        parent,
+        {f"best_val_{metric}": summary.best_value, **{f"best_test_{k}": v for k, v in summary.best_test.items()},
+         **{f"n_{k}": v for k, v in summary.counts.items()}},
+        {"freezebench.version": __version__},
+    )
+    reporter.study_ended(summary)
+    return summary
+
+
+def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    summary = StudySummary(plan.name, plan.dataset_ref.label, plan.backbone_ref.name, counts, parent_run_id=parent_run_id)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        summary.best_value = best.value
+        summary.best_params = {**{k: v for k, v in best.user_attrs.items() if k in ("strategy", "lr")}, **best.params}
+        summary.best_test = {k[5:]: v for k, v in best.user_attrs.items() if k.startswith("test_")}
+    return summary
+
+
+def run_suite(plans: list[StudyPlan], stores: Stores, reporter: Reporter | None = None) -> list[StudySummary]:
+    from .tracking import Tracker
+
+    reporter = reporter or SilentReporter()
+    stores.prepare()
+    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    cache = DataCache()
+    return [run_study(plan, stores, tracker, reporter, cache) for plan in plans]

@@ -1,0 +1,77 @@
+"""Optuna: samplers, pruners, and turning a suite's parameter space into a trial configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from .config import Choice, Range, Suite
+from .metrics import HIGHER_IS_BETTER
+from .registry import Registry
+from .trial import TrialConfig
+
+TRIAL_DEFAULTS = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "head_lr_mult": 10.0,
+    "bn_policy": "eval",
+    "epochs": 3,
+    "batch_size": 32,
+    "image_size": 64,
+    "seed": 0,
+}
+
+
+def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
+    if suite.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=suite.seed)
+    return optuna.samplers.TPESampler(seed=suite.seed)
+
+
+def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
+    if suite.pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=1)
+    if suite.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def direction(metric: str) -> str:
+    return "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = None):
+    if isinstance(spec, Choice):
+        return trial.suggest_categorical(name, list(spec.values))
+    if isinstance(spec, Range):
+        low, high = spec.low, spec.high
+        if n_units is not None:  # unit indices: negative bounds count from the number of units
+            low, high = (int(v) + n_units if v < 0 else int(v) for v in (low, high))
+            return trial.suggest_int(name, low, high)
+        if isinstance(low, int) and isinstance(high, int) and not spec.log and (spec.step is None or float(spec.step).is_integer()):
+            return trial.suggest_int(name, low, high, step=int(spec.step or 1))
+        return trial.suggest_float(name, float(low), float(high), log=spec.log, step=spec.step)
+    return spec
+
+
+def suggest_config(trial: optuna.Trial, suite: Suite, strategies: Registry, n_units: int) -> TrialConfig:
+    """Sample one trial's configuration. Searched values become Optuna params; fixed ones user attrs."""
+    values: dict[str, Any] = {}
+    for name in ("strategy", "lr", *TRIAL_DEFAULTS):
+        spec = suite.params.get(name, TRIAL_DEFAULTS.get(name))
+        values[name] = _suggest(trial, name, spec)
+    strategy = strategies.get(values["strategy"])
+    strategy_params = {}
+    for p in strategy.params:
+        spec = suite.params.get(p.name)
+        if spec is None:
+            spec = p.default if p.default is not None else (Range(0, n_units) if p.kind == "unit" else None)
+        if spec is None:
+            continue
+        strategy_params[p.name] = _suggest(trial, p.name, spec, n_units if p.kind == "unit" else None)
+    for name, value in {**values, **strategy_params}.items():
+        if name not in trial.params:
+            trial.set_user_attr(name, value)
+    return TrialConfig(metric=suite.metric, strategy_params=strategy_params, **values)

@@ -1,0 +1,37 @@
+"""Where results go: the Optuna storage and the MLflow tracking store (local files by default)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RESULTS = "freezebench-results"
+
+
+@dataclass(frozen=True)
+class Stores:
+    results_dir: Path
+    optuna_url: str
+    tracking_uri: str
+    artifact_root: str | None
+
+    @classmethod
+    def resolve(cls, results_dir: str | None = None, storage: str | None = None, tracking_uri: str | None = None) -> "Stores":
+        """Defaults: ``./freezebench-results/optuna.db`` and ``mlflow.db`` (SQLite) with artifacts beside."""
+        root = Path(results_dir or os.environ.get("FREEZEBENCH_RESULTS") or DEFAULT_RESULTS).resolve()
+        optuna_url = storage or os.environ.get("FREEZEBENCH_STORAGE") or f"sqlite:///{root / 'optuna.db'}"
+        uri = tracking_uri or os.environ.get("FREEZEBENCH_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        artifacts = str(root / "mlartifacts") if uri.startswith("sqlite:") else None
+        return cls(root, optuna_url, uri, artifacts)
+
+    @property
+    def local_tracking(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+    def prepare(self) -> None:
+        if self.optuna_url.startswith("sqlite:") or self.local_tracking:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return not self.local_tracking or Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()

@@ -1,0 +1,115 @@
+"""The training loop of one trial: epochs, validation each epoch, test at the best epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import classification_metrics, is_better
+from .preprocess import Normalizer
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+@dataclass(frozen=True)
+class SplitTensors:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class TrainOutcome:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', not {name!r}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int) -> dict[str, float]:
+    model.eval()
+    probs, total = [], 0.0
+    for start in range(0, len(data.labels), batch_size):
+        x = norm(data.images[start : start + batch_size])
+        y = data.labels[start : start + batch_size]
+        logits = model(x)
+        total += F.cross_entropy(logits, y, reduction="sum").item()
+        probs.append(torch.softmax(logits, dim=1))
+    p = torch.cat(probs).numpy().astype(np.float64)
+    return classification_metrics(data.labels.numpy(), p, total / len(data.labels))
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data: SplitTensors,
+    val_data: SplitTensors,
+    test_data: SplitTensors,
+    norm: Normalizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    metric: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainOutcome:
+    """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``."""
+    generator = torch.Generator().manual_seed(seed)
+    outcome = TrainOutcome()
+    best_state = None
+    best_score = None
+    start = time.perf_counter()
+    n = len(train_data.labels)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        seen, loss_sum = 0, 0.0
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2 and n >= 2:  # BatchNorm cannot train on a single image
+                continue
+            x, y = norm(train_data.images[idx]), train_data.labels[idx]
+            loss = F.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+        val = evaluate(model, val_data, norm, batch_size)
+        if not math.isfinite(val["loss"]):
+            raise DivergedError(f"non-finite validation loss in epoch {epoch}")
+        record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
+        outcome.history.append(record)
+        if is_better(metric, val[metric], best_score):
+            best_score = val[metric]
+            outcome.best_epoch, outcome.best_val = epoch, val
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    outcome.train_seconds = time.perf_counter() - start
+    if best_state is None:  # the metric was never defined (e.g. AUC with one class in val)
+        outcome.best_epoch, outcome.best_val = epochs, val
+    else:
+        model.load_state_dict(best_state)
+    outcome.test = evaluate(model, test_data, norm, batch_size)
+    return outcome

@@ -1,0 +1,94 @@
+"""Load pretrained weights from files safely: safetensors, or torch.load(weights_only=True).
+
+Never unpickles arbitrary objects. Optionally checks a sha256. Can map a state_dict whose
+key names differ (e.g. torchvision's file for a timm model) by order, when every shape matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Weights file not found: {path}. Check the 'weights' path in your config.")
+    if sha256:
+        actual = sha256_file(path)
+        if actual.lower() != sha256.lower():
+            raise UserError(
+                f"Weights file {path} has sha256 {actual}, expected {sha256}. "
+                "The file is corrupt or not the one named; fetch it again or fix 'sha256'."
+            )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"Cannot read weights file {path}: {type(exc).__name__}: {exc}. freezebench reads "
+            ".safetensors, or .pth/.pt/.bin state_dicts that load with torch.load(weights_only=True)."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"Weights file {path} does not hold a state_dict of tensors.")
+    return state
+
+
+def match_state_dict(
+    state: dict[str, torch.Tensor], model: nn.Module, source: str, ignore_prefix: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Return ``state`` keyed like ``model.state_dict()``: by name, else by order when shapes agree.
+
+    Keys under ``ignore_prefix`` (the classifier, about to be replaced) are left out on both sides.
+    """
+
+    def keep(key: str) -> bool:
+        return not (ignore_prefix and key.startswith(ignore_prefix + "."))
+
+    target = {k: v for k, v in model.state_dict().items() if keep(k)}
+    state = {k: v for k, v in state.items() if keep(k)}
+    if set(state) == set(target):
+        bad = [k for k in target if state[k].shape != target[k].shape]
+        if bad:
+            raise UserError(f"{source}: shape mismatch for {bad[:3]}; the weights are for another model.")
+        return state
+    src, dst = list(state.items()), list(target.items())
+    if len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
+        return {name: tensor for (name, _), (_, tensor) in zip(dst, src)}
+    missing = sorted(set(target) - set(state))[:3]
+    raise UserError(
+        f"{source}: its {len(state)} tensors do not match the model's {len(target)} "
+        f"(e.g. missing {missing}); the weights are for another architecture."
+    )
+
+
+def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ignore_prefix: str | None = None) -> str:
+    """Load a weights file into ``model``; every tensor outside ``ignore_prefix`` must be filled.
+
+    Returns the file's sha256.
+    """
+    state = match_state_dict(read_state_dict(path, sha256), model, str(path), ignore_prefix)
+    result = model.load_state_dict(state, strict=ignore_prefix is None)
+    assert not result.unexpected_keys
+    assert all(k.startswith(f"{ignore_prefix}.") for k in result.missing_keys)
+    return sha256 or sha256_file(path)

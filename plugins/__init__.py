@@ -1,0 +1,1 @@
+"""freezebench's first-party plugins, registered through the ``freezebench`` entry-point group."""
