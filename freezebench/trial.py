@@ -100,18 +100,17 @@ def build_and_plan(
     return backbone, plan
 
 
-def run_trial(
+def fit(
     cfg: TrialConfig,
+    backbone: Backbone,
+    plan: FreezePlan,
     dataset: ImageDataset,
-    spec: BackboneSpec,
-    weights: WeightsRequest,
-    strategy: Strategy,
     cache: DataCache | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    started: float | None = None,
 ) -> TrialResult:
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    backbone, plan = build_and_plan(cfg, dataset.num_classes, spec, weights, strategy)
+    """Train a planned backbone on ``dataset`` and measure it."""
+    start = time.perf_counter() if started is None else started
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     data = (cache or DataCache()).get(dataset, cfg.image_size)
@@ -139,3 +138,19 @@ def run_trial(
         wall_seconds=time.perf_counter() - start,
         outcome=outcome,
     )
+
+
+def run_trial(
+    cfg: TrialConfig,
+    dataset: ImageDataset,
+    spec: BackboneSpec,
+    weights: WeightsRequest,
+    strategy: Strategy,
+    cache: DataCache | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """One whole trial: seed, build the backbone, plan and apply the freeze, train, measure."""
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    backbone, plan = build_and_plan(cfg, dataset.num_classes, spec, weights, strategy)
+    return fit(cfg, backbone, plan, dataset, cache, on_epoch, started=start)
