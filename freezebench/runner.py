@@ -15,6 +15,7 @@ from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
 from .dataset import ImageDataset
 from .errors import UserError
 from .stores import Stores
+from .weights import is_url
 from .trial import DataCache, TrialConfig, TrialResult, run_trial
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -105,7 +106,7 @@ def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
     for ref in suite.backbones:
         if ref.name not in registry.backbones():
             raise UserError(f"{where}.backbones: {registry.backbones().unknown_message(ref.name)}")
-        if ref.weights:
+        if ref.weights and not is_url(ref.weights):
             ref = BackboneRef(ref.name, _resolve_path(ref.weights, base), ref.sha256)
             if not Path(ref.weights).is_file():
                 raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")

@@ -23,6 +23,29 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def fetch(url: str, sha256: str | None = None) -> Path:
+    """Download ``url`` into torch's hub cache (``$TORCH_HOME/hub/checkpoints``) unless already there."""
+    from urllib.parse import urlparse
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / (Path(urlparse(url).path).name or "weights.pth")
+    if target.is_file() and (not sha256 or sha256_file(target) == sha256.lower()):
+        return target
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+    except Exception as exc:
+        raise UserError(
+            f"Could not download weights from {url}: {type(exc).__name__}: {exc}. "
+            "Offline? Download the file elsewhere and name its local path in 'weights'."
+        ) from exc
+    return target
+
+
 def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -83,12 +106,14 @@ def match_state_dict(
 
 
 def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ignore_prefix: str | None = None) -> str:
-    """Load a weights file into ``model``; every tensor outside ``ignore_prefix`` must be filled.
+    """Load a weights file (or URL) into ``model``; every tensor outside ``ignore_prefix`` must be filled.
 
     Returns the file's sha256.
     """
+    if isinstance(path, str) and is_url(path):
+        path = fetch(path, sha256)
     state = match_state_dict(read_state_dict(path, sha256), model, str(path), ignore_prefix)
     result = model.load_state_dict(state, strict=ignore_prefix is None)
     assert not result.unexpected_keys
     assert all(k.startswith(f"{ignore_prefix}.") for k in result.missing_keys)
-    return sha256 or sha256_file(path)
+    return sha256.lower() if sha256 else sha256_file(path)

@@ -13,7 +13,7 @@ from freezebench.backbone import Backbone, BackboneSpec, Unit, WeightsRequest
 from freezebench.errors import UserError
 from freezebench.hookspecs import hookimpl
 from freezebench.torch_compat import import_timm
-from freezebench.weights import load_into
+from freezebench.weights import is_url, load_into
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED = {
@@ -90,7 +90,7 @@ def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
         model = timm.create_model(name, pretrained=False)
         head_name, _ = _head(model)
         sha = load_into(model, weights.file, weights.sha256, ignore_prefix=head_name)
-        source = f"file:{weights.file}"
+        source = f"url:{weights.file}" if is_url(weights.file) else f"file:{weights.file}"
     elif name in SHIPPED:
         path, expected = SHIPPED[name]
         model = timm.create_model(name, pretrained=False)

@@ -1,0 +1,119 @@
+"""A tiny real suite through the CLI: Optuna study, MLflow runs, leaderboard, resume."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .conftest import write_suite
+
+
+@pytest.fixture(scope="module")
+def finished_suite(tmp_path_factory, tiny_npz):
+    """Run the tiny suite once (3 trials, 2 epochs) and return its paths."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = write_suite(tmp / "bench.toml", tiny_npz)
+    results = tmp / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return config, results, proc.stdout
+
+
+def _client(results):
+    return MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+
+
+def _trial_runs(client, exp_id):
+    return client.search_runs([exp_id], "tags.`freezebench.role` = 'trial'", max_results=1000)
+
+
+def test_run_output_ends_with_summary_and_leaderboard(finished_suite):
+    _, _, out = finished_suite
+    assert "Suite tiny: best trial per study" in out
+    assert "Leaderboard tinybreast (suite tiny), ranked by best val f1" in out
+    assert out.count("complete val_f1=") == 3
+
+
+def test_mlflow_holds_parent_and_nested_trial_runs(finished_suite):
+    _, results, _ = finished_suite
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    assert exp is not None
+    parents = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tiny/tinybreast/mobilenetv2_100" and parent.info.status == "FINISHED"
+    assert parent.data.params["units"].startswith("conv_stem+bn1, blocks.0.0")
+    trials = _trial_runs(client, exp.experiment_id)
+    assert len(trials) == 3
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["freezebench.state"] == "complete"
+        p = run.data.params
+        assert p["strategy"] in ("linear_probe", "freeze_to", "full")
+        assert p["split_hash"] == parent.data.params["split_hash"] and p["image_size"] == "32"
+        assert ("k" in p) == (p["strategy"] == "freeze_to")
+        m = run.data.metrics
+        for key in ("best_val_f1", "best_val_auc", "test_accuracy", "test_f1", "test_precision", "test_recall", "test_auc", "test_loss", "trainable_params", "wall_time_s", "best_epoch"):
+            assert key in m, key
+        history = client.get_metric_history(run.info.run_id, "val_f1")
+        assert [h.step for h in history] == [1, 2]
+        assert m["best_val_f1"] == max(h.value for h in history)
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"freeze_plan.json", "trial_config.json"} <= artifacts
+
+
+def test_optuna_study_matches_mlflow(finished_suite):
+    _, results, _ = finished_suite
+    study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    client = _client(results)
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.metrics["best_val_f1"] == pytest.approx(t.value)
+        assert float(run.data.params["lr"]) == pytest.approx(t.params["lr"])
+
+
+def test_leaderboard_ranks_by_best_validation_metric(finished_suite, cli):
+    _, results, _ = finished_suite
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    values = [r["val_f1"] for r in rows]
+    assert values == sorted(values, reverse=True)
+    client = _client(results)
+    for r in rows:
+        run = client.get_run(r["run_id"])
+        assert r["val_f1"] == run.data.metrics["best_val_f1"] and r["test_f1"] == run.data.metrics["test_f1"]
+        assert r["strategy"] == run.data.params["strategy"] and isinstance(r["lr"], float)
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--metric", "loss", "--json")
+    losses = [r["val_loss"] for r in json.loads(out)]
+    assert losses == sorted(losses)
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results))
+    assert code == 0 and "Leaderboard tinybreast" in out
+    code, _, err = cli("leaderboard", "--dataset", "nope", "--results-dir", str(results))
+    assert code == 2 and "Datasets with results: tinybreast" in " ".join(err.split())
+
+
+def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
+    config, results, _ = finished_suite
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0 and "resuming, 3 of 3 trials already done" in out
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    assert len(_trial_runs(client, exp.experiment_id)) == 3
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), "--n-trials", "4")
+    assert code == 0
+    assert len(_trial_runs(client, exp.experiment_id)) == 4
+    assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")) == 1
