@@ -9,6 +9,28 @@ from .tracking import TAG, Tracker
 PARAM_COLUMNS = ("strategy", "k", "lr", "head_lr_mult", "optimizer", "bn_policy", "epochs", "image_size")
 
 
+def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
+    """The MLflow UI's runs view of an experiment showing trial runs sorted like the leaderboard."""
+    from urllib.parse import quote
+
+    order = "false" if HIGHER_IS_BETTER.get(metric, True) else "true"
+    search = quote(f"tags.`{TAG}.role` = 'trial'")
+    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={search}"
+            f"&orderByKey={quote(f'metrics.`best_val_{metric}`')}&orderByAsc={order}")
+
+
+def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
+    """(dataset, experiment id, objective metric) for every dataset experiment in the store."""
+    out = []
+    for exp in tracker.client.search_experiments():
+        if exp.name == "Default":
+            continue
+        studies = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.role` = 'study'", max_results=1)
+        objective = studies[0].data.tags.get(f"{TAG}.objective", "val_f1") if studies else "val_f1"
+        out.append((exp.name, exp.experiment_id, objective.removeprefix("val_")))
+    return out
+
+
 def _typed(value: str | None):
     """MLflow stores params as strings; give numbers back as numbers."""
     if value is None:

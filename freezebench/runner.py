@@ -29,7 +29,7 @@ class Reporter(Protocol):
     def study_started(self, study: str, n_trials: int, n_done: int) -> None: ...
     def trial_started(self, study: str, number: int, config: TrialConfig) -> None: ...
     def epoch_done(self, epoch: int, record: dict[str, float]) -> None: ...
-    def trial_ended(self, study: str, number: int, state: str, value: float | None) -> None: ...
+    def trial_ended(self, study: str, number: int, state: str, value: float | None, reason: str = "") -> None: ...
     def study_ended(self, summary: "StudySummary") -> None: ...
 
 
@@ -147,7 +147,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
     from .search import direction, make_pruner, make_sampler, suggest_config
 
     suite, metric = plan.suite, plan.suite.metric
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by us, with reasons
     study = optuna.create_study(
         study_name=plan.name,
         storage=stores.optuna_url,
@@ -220,7 +220,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             reason = f"{type(exc).__name__}: {exc}"
             tracker.end_trial(run_id, "failed", reason + "\n" + traceback.format_exc(limit=5))
             trial.set_user_attr("fail_reason", reason)
-            reporter.trial_ended(plan.name, trial.number, "failed", None)
+            reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
         tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-"})
         for k, v in result.outcome.test.items():

@@ -117,3 +117,21 @@ def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
     assert code == 0
     assert len(_trial_runs(client, exp.experiment_id)) == 4
     assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")) == 1
+
+
+def test_diverging_trials_are_recorded_as_failed_and_the_suite_goes_on(tmp_path, tiny_npz, cli):
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"full"', n_trials=2)
+    config.write_text(config.read_text().replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = 1e30"))
+    results = tmp_path / "results"
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0
+    assert out.count("failed DivergedError: non-finite training loss") == 2 and "2 fail" in out
+    client = _client(results)
+    runs = _trial_runs(client, client.get_experiment_by_name("tinybreast").experiment_id)
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FAILED" and run.data.tags["freezebench.state"] == "failed"
+        assert "DivergedError: non-finite" in run.data.tags["freezebench.fail_reason"]
+    study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert all("non-finite" in t.user_attrs["fail_reason"] for t in study.trials)

@@ -103,8 +103,13 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
         raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
-    url = f"http://127.0.0.1:{port}/#/experiments"
-    console.print(f"MLflow UI for {stores.results_dir}: [bold]{url}[/] (Ctrl-C to stop)", highlight=False)
+    from ..leaderboard import experiments_with_results, ui_runs_url
+    from ..tracking import Tracker
+
+    base = f"http://127.0.0.1:{port}"
+    console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    for dataset, exp_id, metric in experiments_with_results(Tracker(stores.tracking_uri, stores.artifact_root)):
+        console.print(f"  {dataset} leaderboard: {ui_runs_url(base, exp_id, metric)}", highlight=False, soft_wrap=True)
     try:
         code = subprocess.call(ui_command(stores, port))
     except KeyboardInterrupt:

@@ -29,10 +29,10 @@ class RichReporter:
     def epoch_done(self, epoch, record):
         self.progress.update(self.trial_task, completed=epoch)
 
-    def trial_ended(self, study, number, state, value):
+    def trial_ended(self, study, number, state, value, reason=""):
         self.progress.advance(self.study_task)
-        shown = f"val_{self.metric}={value:.4f}" if value is not None else ""
-        self.progress.console.print(f"  trial {number} {state} {shown}")
+        shown = f"val_{self.metric}={value:.4f}" if value is not None else reason
+        self.progress.console.print(f"  trial {number} {state} {shown}", highlight=False, markup=False)
 
     def study_ended(self, summary):
         if self.trial_task is not None:

@@ -1,0 +1,116 @@
+"""`freezebench ui` serves the local store: the trial runs are there over HTTP and in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+ARTIFACTS = Path(os.environ.get("FREEZEBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: dict | None = None):
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+@pytest.fixture(scope="module")
+def ui_server(finished_suite):
+    _, results, _ = finished_suite
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freezebench", "ui", "--port", str(port), "--results-dir", str(results)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    printed = [proc.stdout.readline(), proc.stdout.readline()]
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"freezebench ui exited early: {proc.stdout.read()}")
+        try:
+            if _get(f"{base}/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("MLflow UI did not start within 90 s")
+    yield base, printed
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+from .test_end_to_end import finished_suite  # noqa: E402,F401  (shared module-scoped fixture)
+
+
+def test_ui_prints_url_and_serves_the_trial_runs(ui_server):
+    base, printed = ui_server
+    assert printed[0].startswith(f"MLflow UI for ") and f"{base}/#/experiments" in printed[0]
+    assert printed[1].strip().startswith(f"tinybreast leaderboard: {base}/#/experiments/")
+    status, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tinybreast")
+    exp_id = json.loads(body)["experiment"]["experiment_id"]
+    status, body = _get(f"{base}/api/2.0/mlflow/runs/search",
+                        {"experiment_ids": [exp_id], "filter": "tags.`freezebench.role` = 'trial'", "max_results": 100})
+    runs = json.loads(body)["runs"]
+    assert status == 200 and len(runs) >= 3
+    status, page = _get(f"{base}/")
+    assert status == 200 and "<html" in page.lower()
+
+
+def test_ui_binds_only_to_loopback(ui_server):
+    base, _ = ui_server
+    port = int(base.rsplit(":", 1)[1])
+    addresses = [a for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET) if a[4][0] != "127.0.0.1"]
+    for addr in addresses[:1]:
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(2)
+            s.connect((addr[4][0], port))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_runs_page_in_headless_chromium(ui_server, tmp_path):
+    base, printed = ui_server
+    url = printed[1].split("leaderboard: ", 1)[1].strip()  # the URL `freezebench ui` printed
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1400,900"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "mlflow-runs-page.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    # every trial run is rendered by the MLflow UI, in leaderboard order
+    from mlflow.tracking import MlflowClient
+
+    _, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tinybreast")
+    exp_id = json.loads(body)["experiment"]["experiment_id"]
+    _, body = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "filter": "tags.`freezebench.role` = 'trial'",
+                                                          "order_by": ["metrics.`best_val_f1` DESC"]})
+    names = [r["info"]["run_name"] for r in json.loads(body)["runs"]]
+    assert len(names) >= 3
+    positions = [dom.find(name) for name in names]
+    assert all(p >= 0 for p in positions), (names, "not in the rendered page")
+    assert re.search(rf"\b{len(names)}\s*(<!-- -->)?\s*matching runs", dom)
