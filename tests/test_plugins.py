@@ -14,7 +14,7 @@ from freezebench.errors import PluginError, UserError
 from freezebench.hookspecs import hookimpl
 from freezebench.strategy import plan_from_frozen
 
-from .conftest import run_cli_subprocess
+from .conftest import ROOT, run_cli_subprocess
 
 
 def test_first_party_plugins_load_through_entry_points(fresh_plugins):
@@ -159,3 +159,15 @@ def test_plugins_and_list_json(cli, fresh_plugins):
 def test_main_module_entry():
     result = run_cli_subprocess("--version")
     assert result.returncode == 0 and "freezebench" in result.stdout
+
+
+def test_every_hook_is_documented_and_tested():
+    from freezebench import hookspecs
+
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    guide = (ROOT / "docs" / "plugin-guide.md").read_text()
+    tests = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for hook in hooks:
+        assert f"`{hook}(register)`" in guide, f"{hook} is not documented in docs/plugin-guide.md"
+        kind = hook.removeprefix("register_")
+        assert f"registry.{kind}()" in tests, f"{hook} is not exercised by the tests"
