@@ -91,7 +91,7 @@ def get_registry(kind: str) -> Registry:
         pm = get_plugin_manager()
         registry = Registry(kind)
         caller = getattr(pm.hook, f"register_{kind}")
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # in plugin registration order
             def register(obj, _plugin=impl.plugin_name):
                 registry.add(obj, plugin=_plugin)
 

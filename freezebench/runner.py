@@ -18,7 +18,11 @@ from .stores import Stores
 from .weights import is_url
 from .trial import DataCache, TrialConfig, TrialResult, run_trial
 
-FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+def is_finished(trial) -> bool:
+    """Complete, pruned, or failed for a recorded reason; an interrupted or killed trial is run again."""
+    name = trial.state.name
+    return name in ("COMPLETE", "PRUNED") or (name == "FAIL" and "fail_reason" in trial.user_attrs)
 
 
 class TrialFailed(Exception):
@@ -230,16 +234,14 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         reporter.trial_ended(plan.name, trial.number, "complete", value)
         return value
 
-    done = sum(t.state.name in FINISHED_STATES for t in study.trials)
+    done = sum(is_finished(t) for t in study.trials)
     reporter.study_started(plan.name, suite.n_trials, done)
     if done < suite.n_trials:
-        study.optimize(
-            objective,
-            n_trials=suite.n_trials - done,
-            catch=(TrialFailed,),
-            callbacks=[optuna.study.MaxTrialsCallback(suite.n_trials, states=tuple(
-                getattr(optuna.trial.TrialState, s) for s in FINISHED_STATES))],
-        )
+        try:
+            study.optimize(objective, n_trials=suite.n_trials - done, catch=(TrialFailed,))
+        except BaseException:
+            tracker.client.set_terminated(parent, "KILLED")
+            raise
     summary = summarize(study, plan, parent)
     tracker.finish_study(
         parent,
@@ -254,7 +256,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
 def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
     counts: dict[str, int] = {}
     for t in study.trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        state = t.state.name.lower() if is_finished(t) or t.state.name != "FAIL" else "interrupted"
+        counts[state] = counts.get(state, 0) + 1
     summary = StudySummary(plan.name, plan.dataset_ref.label, plan.backbone_ref.name, counts, parent_run_id=parent_run_id)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if complete:

@@ -135,3 +135,33 @@ def test_diverging_trials_are_recorded_as_failed_and_the_suite_goes_on(tmp_path,
     study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     assert all("non-finite" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_interrupted_trial_is_run_again_on_resume(tmp_path, tiny_npz, cli, monkeypatch):
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2)
+    results = tmp_path / "results"
+    import freezebench.runner as runner
+
+    real_run_trial, calls = runner.run_trial, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_trial(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_trial", interrupt_second)
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 130 and "run the same command again to resume" in " ".join(err.split())
+    client = _client(results)
+    exp_id = client.get_experiment_by_name("tinybreast").experiment_id
+    parent = client.search_runs([exp_id], "tags.`freezebench.role` = 'study'")[0]
+    assert parent.info.status == "KILLED"
+    monkeypatch.setattr(runner, "run_trial", real_run_trial)
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0 and "resuming, 1 of 2 trials already done" in out
+    study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    statuses = sorted(r.info.status for r in _trial_runs(client, exp_id))
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

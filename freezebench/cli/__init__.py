@@ -33,8 +33,8 @@ _register_commands()
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="freezebench", standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("Aborted.")
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("Interrupted. Finished trials are saved; run the same command again to resume.")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -42,7 +42,4 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         err_console.print(f"[bold red]Error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("Interrupted.")
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -66,8 +66,9 @@ def run(suite, config_path, n_trials, results_dir, storage, tracking_uri):
         plans = prepare_suite(config, suite)
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     metric = config.suite(suite).metric
-    console.print(f"Suite [bold]{suite}[/]: {len(plans)} studies x {config.suite(suite).n_trials} trials; "
-                  f"results in {stores.results_dir}")
+    about = config.suite(suite).description
+    console.print(f"Suite [bold]{suite}[/]" + (f" ({about})" if about else "") +
+                  f": {len(plans)} studies x {config.suite(suite).n_trials} trials; results in {stores.results_dir}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         summaries = run_suite(plans, stores, RichReporter(progress, metric))
