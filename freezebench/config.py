@@ -12,9 +12,11 @@ from typing import Any
 
 from .errors import UserError
 from .metrics import METRICS
+from .phases import LR_SCHEDULES
 from .strategy import BN_POLICIES
+from .units import GRANULARITIES
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
 
 
@@ -97,6 +99,11 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "batch_size": (int, lambda v: v >= 2, "an integer >= 2"),
     "image_size": (int, lambda v: 16 <= v <= 1024, "an integer in 16..1024"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "granularity": (str, GRANULARITIES, "'block' or 'layer'"),
+    "lr_decay": (float, lambda v: 0 < v <= 1, "a layer-wise LR decay in (0, 1]"),
+    "lr_schedule": (str, LR_SCHEDULES, " or ".join(repr(s) for s in LR_SCHEDULES)),
+    "lr_step": (int, _positive, "an integer >= 1 (epochs between LR drops)"),
+    "lr_gamma": (float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),
 }
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params"}
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from torch import nn
 
 from .backbone import Backbone
-from .strategy import BN_POLICIES, FreezePlan
+from .strategy import BN_POLICIES, PARAM_FILTERS, FreezePlan
 from .torch_compat import import_timm
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -17,7 +19,7 @@ def _force_eval(module: nn.Module, _inputs) -> None:
 
 
 def frozen_bn_modules(backbone: Backbone, plan: FreezePlan) -> list[str]:
-    """Names of BatchNorm modules whose parameters all lie in frozen units."""
+    """Names of BatchNorm modules whose parameters all lie in units frozen at the start."""
     frozen_params = {p for u in backbone.units if u.name in plan.frozen for p in u.params}
     out = []
     for name, module in backbone.model.named_modules():
@@ -28,46 +30,71 @@ def frozen_bn_modules(backbone: Backbone, plan: FreezePlan) -> list[str]:
     return out
 
 
+def unit_trainable_params(backbone: Backbone, plan: FreezePlan, units: Iterable[str]) -> list[str]:
+    """Parameter names of ``units`` that train under the plan's parameter filter (BitFit: biases)."""
+    wanted = set(units)
+    names = [p for u in backbone.units if u.name in wanted for p in u.params]
+    if plan.param_filter == "bias":
+        names = [p for p in names if p.endswith("bias")]
+    return names
+
+
 def apply_plan(backbone: Backbone, plan: FreezePlan) -> None:
-    """Freeze the plan's frozen units in place (the head always trains)."""
+    """Set the plan's starting state in place: what trains, and BatchNorm in frozen units."""
     if plan.bn_policy not in BN_POLICIES:
         raise ValueError(f"bn_policy must be one of {BN_POLICIES}, not {plan.bn_policy!r}")
-    unknown = set(plan.frozen) | set(plan.trainable)
-    unknown -= set(backbone.unit_names())
+    if plan.param_filter not in PARAM_FILTERS:
+        raise ValueError(f"param_filter must be one of {PARAM_FILTERS}, not {plan.param_filter!r}")
+    named = {u for p in plan.phases for u in p.unfreeze} | set(plan.frozen) | set(plan.trainable)
+    unknown = named - set(backbone.unit_names())
     if unknown:
         raise ValueError(f"plan names units {sorted(unknown)} that backbone {backbone.name} lacks")
     params = dict(backbone.model.named_parameters())
-    frozen_units = [u for u in backbone.units if u.name in plan.frozen]
-    for unit in backbone.units:
-        trainable = unit.name not in plan.frozen
-        for p in unit.params:
-            params[p].requires_grad_(trainable)
-    for p in backbone.head.params:
-        params[p].requires_grad_(True)
+    for p in params.values():
+        p.requires_grad_(False)
+    for name in unit_trainable_params(backbone, plan, plan.trainable):
+        params[name].requires_grad_(True)
+    for name in backbone.head.params:
+        params[name].requires_grad_(True)
 
-    bn_names = frozen_bn_modules(backbone, plan) if frozen_units else []
+    bn_names = frozen_bn_modules(backbone, plan) if plan.frozen else []
     if plan.bn_policy == "eval":
         for name in bn_names:
             backbone.model.get_submodule(name).register_forward_pre_hook(_force_eval)
     elif plan.bn_policy == "frozen" and bn_names:
         timm = import_timm()
+        # FrozenBatchNorm keeps its affine weights as buffers: they stay frozen even if a
+        # phase unfreezes their unit later.
         timm.utils.freeze(backbone.model, submodules=bn_names, include_bn_running_stats=True)
+
+
+def unit_groups(backbone: Backbone, plan: FreezePlan, units: Iterable[str], lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups for the trainable parameters of ``units``, one per LR multiplier.
+
+    Each group records its ``initial_lr`` so the LR schedule can rescale every group, including
+    groups added later when a phase unfreezes units.
+    """
+    params = dict(backbone.model.named_parameters())
+    wanted = set(units)
+    by_mult: dict[float, list] = {}
+    for unit in backbone.units:
+        if unit.name not in wanted:
+            continue
+        mult = float(plan.lr_mult.get(unit.name, 1.0))
+        names = unit_trainable_params(backbone, plan, [unit.name])
+        by_mult.setdefault(mult, []).extend(params[n] for n in names if n in params)
+    return [
+        {"params": ps, "lr": lr * mult, "initial_lr": lr * mult, "weight_decay": weight_decay, "name": f"backbone x{mult:g}"}
+        for mult, ps in by_mult.items()
+        if ps
+    ]
 
 
 def param_groups(backbone: Backbone, plan: FreezePlan, lr: float, weight_decay: float = 0.0) -> list[dict]:
     """Optimizer groups holding only trainable parameters (frozen ones never see momentum or decay)."""
     params = dict(backbone.model.named_parameters())
-    groups: dict[float, list] = {}
-    for unit in backbone.units:
-        if unit.name in plan.frozen:
-            continue
-        mult = float(plan.lr_mult.get(unit.name, 1.0))
-        groups.setdefault(mult, []).extend(params[p] for p in unit.params if p in params and params[p].requires_grad)
-    out = [
-        {"params": ps, "lr": lr * mult, "weight_decay": weight_decay, "name": f"backbone x{mult:g}"}
-        for mult, ps in groups.items()
-        if ps
-    ]
+    groups = unit_groups(backbone, plan, plan.trainable, lr, weight_decay)
     head = [params[p] for p in backbone.head.params]
-    out.append({"params": head, "lr": lr * plan.head_lr_mult, "weight_decay": weight_decay, "name": "head"})
-    return out
+    head_lr = lr * plan.head_lr_mult
+    groups.append({"params": head, "lr": head_lr, "initial_lr": head_lr, "weight_decay": weight_decay, "name": "head"})
+    return groups

@@ -16,7 +16,8 @@ from .dataset import ImageDataset
 from .errors import UserError
 from .stores import Stores
 from .weights import is_url
-from .trial import DataCache, TrialConfig, TrialResult, run_trial
+from .trial import DataCache, TrialConfig, TrialResult, parse_window, run_trial
+from .units import with_granularity
 
 
 def is_finished(trial) -> bool:
@@ -52,7 +53,7 @@ class StudyPlan:
     dataset: ImageDataset
     backbone_ref: BackboneRef
     backbone: BackboneSpec
-    units: list[str]
+    units: dict[str, list[str]]  # granularity -> unit names
 
     @property
     def name(self) -> str:
@@ -115,8 +116,11 @@ def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
             if not Path(ref.weights).is_file():
                 raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")
         bspec = registry.backbones().get(ref.name)
-        units = bspec.build(2, WeightsRequest(pretrained=False)).unit_names()
-        _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, units)
+        skeleton = bspec.build(2, WeightsRequest(pretrained=False))
+        units = {}
+        for granularity in _values(suite.params.get("granularity", "block")):
+            units[granularity] = with_granularity(skeleton, granularity).unit_names()
+            _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, granularity, units[granularity])
         backbones.append((ref, bspec, units))
 
     return [
@@ -124,20 +128,33 @@ def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
     ]
 
 
-def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, units: list[str]) -> None:
+def _values(spec) -> tuple:
+    if isinstance(spec, Choice):
+        return spec.values
+    if isinstance(spec, Range):
+        return (spec.low, spec.high)
+    return (spec,)
+
+
+def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, granularity: str, units: list[str]) -> None:
+    """Fixed or listed unit/window values must exist for this backbone (searched ones are drawn in range)."""
     n = len(units)
     for strategy in strategies:
         for p in strategy.params:
-            if p.kind != "unit" or p.name not in suite.params:
+            if p.name not in suite.params:
                 continue
-            spec = suite.params[p.name]
-            values = spec.values if isinstance(spec, Choice) else (spec.low, spec.high) if isinstance(spec, Range) else (spec,)
-            for v in values:
-                if not isinstance(v, int) or not -n <= v <= n:
+            key = f"{where}.params.{p.name}"
+            for v in _values(suite.params[p.name]):
+                if p.kind == "unit" and (not isinstance(v, int) or isinstance(v, bool) or not -n <= v <= n):
                     raise UserError(
-                        f"{where}.params.{p.name}: {v!r} is not a unit index for backbone {backbone!r}: "
+                        f"{key}: {v!r} is not a unit index for backbone {backbone!r} ({granularity} units): "
                         f"use 0..{n} (or -{n}..-1 counted from the end); its {n} units are: {', '.join(units)}"
                     )
+                if p.kind == "window":
+                    try:
+                        parse_window(v, units, backbone)
+                    except UserError as exc:
+                        raise UserError(f"{key}: {exc}") from None
 
 
 def _trial_name(number: int, cfg: TrialConfig) -> str:
@@ -177,7 +194,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             "sampler": suite.sampler,
             "pruner": suite.pruner,
             "seed": suite.seed,
-            "units": ", ".join(plan.units),
+            **{f"units_{g}": ", ".join(u) for g, u in plan.units.items()},
             "search_space": repr(suite.params),
             "dataset_source": plan.dataset.source,
             "split_hash": plan.dataset.split_hash(),
@@ -187,7 +204,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = suggest_config(trial, suite, strategies, len(plan.units))
+        cfg = suggest_config(trial, suite, strategies, {g: len(u) for g, u in plan.units.items()})
         params = {
             **cfg.as_flat_dict(),
             "dataset": plan.dataset_ref.label,

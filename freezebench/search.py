@@ -21,6 +21,11 @@ TRIAL_DEFAULTS = {
     "batch_size": 32,
     "image_size": 64,
     "seed": 0,
+    "granularity": "block",
+    "lr_decay": 1.0,
+    "lr_schedule": "constant",
+    "lr_step": 10,
+    "lr_gamma": 0.1,
 }
 
 
@@ -42,13 +47,21 @@ def direction(metric: str) -> str:
     return "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
 
 
-def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = None):
+def unit_bounds(spec: Range, n_units: int) -> tuple[int, int]:
+    """A unit range's bounds; negative bounds count from the number of units."""
+    low, high = (int(v) + n_units if v < 0 else int(v) for v in (spec.low, spec.high))
+    return low, high
+
+
+def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = None, floor: int | None = None):
     if isinstance(spec, Choice):
         return trial.suggest_categorical(name, list(spec.values))
     if isinstance(spec, Range):
         low, high = spec.low, spec.high
-        if n_units is not None:  # unit indices: negative bounds count from the number of units
-            low, high = (int(v) + n_units if v < 0 else int(v) for v in (low, high))
+        if n_units is not None:
+            low, high = unit_bounds(spec, n_units)
+            if floor is not None:  # e.g. a window's end must not be below its start
+                low = min(max(low, floor), high)
             return trial.suggest_int(name, low, high)
         if isinstance(low, int) and isinstance(high, int) and not spec.log and (spec.step is None or float(spec.step).is_integer()):
             return trial.suggest_int(name, low, high, step=int(spec.step or 1))
@@ -56,21 +69,23 @@ def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = No
     return spec
 
 
-def suggest_config(trial: optuna.Trial, suite: Suite, strategies: Registry, n_units: int) -> TrialConfig:
+def suggest_config(trial: optuna.Trial, suite: Suite, strategies: Registry, n_units: int | dict[str, int]) -> TrialConfig:
     """Sample one trial's configuration. Searched values become Optuna params; fixed ones user attrs."""
     values: dict[str, Any] = {}
     for name in ("strategy", "lr", *TRIAL_DEFAULTS):
         spec = suite.params.get(name, TRIAL_DEFAULTS.get(name))
         values[name] = _suggest(trial, name, spec)
     strategy = strategies.get(values["strategy"])
+    n = n_units[values["granularity"]] if isinstance(n_units, dict) else n_units
     strategy_params = {}
     for p in strategy.params:
         spec = suite.params.get(p.name)
         if spec is None:
-            spec = p.default if p.default is not None else (Range(0, n_units) if p.kind == "unit" else None)
+            spec = p.default if p.default is not None else (Range(0, n) if p.kind == "unit" else None)
         if spec is None:
             continue
-        strategy_params[p.name] = _suggest(trial, p.name, spec, n_units if p.kind == "unit" else None)
+        floor = strategy_params.get(p.after) if p.after else None
+        strategy_params[p.name] = _suggest(trial, p.name, spec, n if p.kind == "unit" else None, floor)
     for name, value in {**values, **strategy_params}.items():
         if name not in trial.params:
             trial.set_user_attr(name, value)

@@ -15,6 +15,9 @@ from torch import nn
 from .metrics import classification_metrics, is_better
 from .preprocess import Normalizer
 
+if False:  # typing only
+    from .phases import PlanExecutor
+
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
@@ -70,6 +73,7 @@ def train(
     seed: int,
     metric: str,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    executor: "PlanExecutor | None" = None,
 ) -> TrainOutcome:
     """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``."""
     generator = torch.Generator().manual_seed(seed)
@@ -79,6 +83,8 @@ def train(
     start = time.perf_counter()
     n = len(train_data.labels)
     for epoch in range(1, epochs + 1):
+        if executor is not None:
+            executor.begin_epoch(epoch)
         model.train()
         order = torch.randperm(n, generator=generator)
         seen, loss_sum = 0, 0.0
@@ -90,8 +96,9 @@ def train(
             loss = F.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
                 raise DivergedError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
+            penalty = executor.penalty() if executor is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty).backward()
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             seen += len(idx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -13,8 +14,10 @@ from .dataset import SPLITS, ImageDataset
 from .errors import UserError
 from .freeze import apply_plan, param_groups
 from .preprocess import Normalizer, resize_images
-from .strategy import FreezePlan, Strategy
+from .phases import PlanExecutor
+from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
+from .units import with_granularity
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class TrialConfig:
     batch_size: int = 32
     image_size: int = 64
     seed: int = 0
+    granularity: str = "block"
+    lr_decay: float = 1.0
+    lr_schedule: str = "constant"
+    lr_step: int = 10
+    lr_gamma: float = 0.1
     metric: str = "f1"
     strategy_params: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +60,7 @@ class TrialResult:
     total_params: int
     wall_seconds: float
     outcome: TrainOutcome
+    events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
 
 
 class DataCache:
@@ -73,29 +82,65 @@ class DataCache:
         return self._store[key]
 
 
-def check_unit_params(strategy: Strategy, backbone: Backbone, params: dict[str, Any]) -> None:
-    n = len(backbone.units)
+def parse_window(value: Any, units: list[str], backbone: str) -> tuple[int, int]:
+    """"A..B" (unit names or indices, inclusive) or "all" -> (start, end) with end exclusive."""
+    if value == "all":
+        return 0, len(units)
+    if not isinstance(value, str) or ".." not in value:
+        raise UserError(f"A window is a string \"A..B\" of unit names or indices (inclusive), or \"all\"; got {value!r}.")
+    ends = []
+    for part in value.split("..", 1):
+        part = part.strip()
+        if part.lstrip("-").isdigit():
+            i = int(part)
+            i = i + len(units) if i < 0 else i
+        elif part in units:
+            i = units.index(part)
+        else:
+            i = -1
+        if not 0 <= i < len(units):
+            raise UserError(f"Window {value!r}: backbone {backbone!r} has no unit {part!r}; its units are: {', '.join(units)}")
+        ends.append(i)
+    if ends[0] > ends[1]:
+        raise UserError(f"Window {value!r}: {units[ends[0]]} comes after {units[ends[1]]} in backbone {backbone!r}.")
+    return ends[0], ends[1] + 1
+
+
+def resolve_strategy_params(strategy: Strategy, backbone: Backbone, params: dict[str, Any]) -> dict[str, Any]:
+    """Check unit parameters against the backbone's units; turn windows into (start, end) pairs."""
+    n, units, out = len(backbone.units), backbone.unit_names(), dict(params)
     for spec in strategy.params:
-        if spec.kind != "unit":
-            continue
         if spec.name not in params:
-            raise UserError(f"Strategy {strategy.name!r} needs parameter {spec.name!r} ({spec.help}).")
-        k = params[spec.name]
-        if not isinstance(k, int) or not 0 <= k <= n:
-            raise UserError(
-                f"Strategy {strategy.name!r}: {spec.name}={k!r} is outside 0..{n} for backbone "
-                f"{backbone.name!r}, whose {n} units are: {', '.join(backbone.unit_names())}"
-            )
+            if spec.default is None:
+                raise UserError(f"Strategy {strategy.name!r} needs parameter {spec.name!r} ({spec.help}).")
+            out[spec.name] = spec.default
+            continue
+        value = params[spec.name]
+        if spec.kind == "window":
+            out[spec.name] = parse_window(value, units, backbone.name)
+        elif spec.kind == "unit":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+                raise UserError(
+                    f"Strategy {strategy.name!r}: {spec.name}={value!r} is outside 0..{n} for backbone "
+                    f"{backbone.name!r}, whose {n} units are: {', '.join(units)}"
+                )
+            if spec.after and isinstance(out.get(spec.after), int) and value < out[spec.after]:
+                raise InvalidParams(f"{spec.name}={value} is below {spec.after}={out[spec.after]}")
+    return out
 
 
 def build_and_plan(
     cfg: TrialConfig, num_classes: int, spec: BackboneSpec, weights: WeightsRequest, strategy: Strategy
 ) -> tuple[Backbone, FreezePlan]:
     request = WeightsRequest(weights.pretrained and strategy.pretrained, weights.file, weights.sha256)
-    backbone = spec.build(num_classes, request)
+    backbone = with_granularity(spec.build(num_classes, request), cfg.granularity)
     params = {**cfg.strategy_params, "head_lr_mult": cfg.head_lr_mult, "bn_policy": cfg.bn_policy}
-    check_unit_params(strategy, backbone, params)
-    plan = strategy.plan(backbone.unit_names(), params)
+    params = resolve_strategy_params(strategy, backbone, params)
+    plan = strategy.plan(backbone.unit_names(), params)  # InvalidParams: this trial fails, the study goes on
+    if cfg.lr_decay != 1.0:  # layer-wise LR decay: the unit nearest the head keeps the base LR
+        units = backbone.unit_names()
+        decayed = {u: plan.lr_mult.get(u, 1.0) * cfg.lr_decay ** (len(units) - 1 - i) for i, u in enumerate(units)}
+        plan = dataclasses.replace(plan, lr_mult=decayed)
     apply_plan(backbone, plan)
     return backbone, plan
 
@@ -113,6 +158,8 @@ def fit(
     start = time.perf_counter() if started is None else started
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
+    executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                            schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
     data = (cache or DataCache()).get(dataset, cfg.image_size)
     outcome = train(
         backbone.model,
@@ -126,6 +173,7 @@ def fit(
         seed=cfg.seed,
         metric=cfg.metric,
         on_epoch=on_epoch,
+        executor=executor,
     )
     return TrialResult(
         config=cfg,
@@ -137,6 +185,7 @@ def fit(
         total_params=sum(p.numel() for p in backbone.model.parameters()),
         wall_seconds=time.perf_counter() - start,
         outcome=outcome,
+        events=executor.events,
     )
 
 

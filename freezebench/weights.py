@@ -78,11 +78,17 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
 
 
 def match_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module, source: str, ignore_prefix: str | None = None
+    state: dict[str, torch.Tensor],
+    model: nn.Module,
+    source: str,
+    ignore_prefix: str | None = None,
+    ordered: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Return ``state`` keyed like ``model.state_dict()``: by name, else by order when shapes agree.
 
     Keys under ``ignore_prefix`` (the classifier, about to be replaced) are left out on both sides.
+    Mapping by order needs a source that keeps the module order (torch state dicts do;
+    safetensors files come back sorted by name, so they must match by name).
     """
 
     def keep(key: str) -> bool:
@@ -96,7 +102,7 @@ def match_state_dict(
             raise UserError(f"{source}: shape mismatch for {bad[:3]}; the weights are for another model.")
         return state
     src, dst = list(state.items()), list(target.items())
-    if len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
+    if ordered and len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
         return {name: tensor for (name, _), (_, tensor) in zip(dst, src)}
     missing = sorted(set(target) - set(state))[:3]
     raise UserError(
@@ -112,7 +118,8 @@ def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ign
     """
     if isinstance(path, str) and is_url(path):
         path = fetch(path, sha256)
-    state = match_state_dict(read_state_dict(path, sha256), model, str(path), ignore_prefix)
+    ordered = Path(path).suffix != ".safetensors"
+    state = match_state_dict(read_state_dict(path, sha256), model, str(path), ignore_prefix, ordered)
     result = model.load_state_dict(state, strict=ignore_prefix is None)
     assert not result.unexpected_keys
     assert all(k.startswith(f"{ignore_prefix}.") for k in result.missing_keys)

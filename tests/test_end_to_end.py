@@ -52,7 +52,7 @@ def test_mlflow_holds_parent_and_nested_trial_runs(finished_suite):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.run_name == "tiny/tinybreast/mobilenetv2_100" and parent.info.status == "FINISHED"
-    assert parent.data.params["units"].startswith("conv_stem+bn1, blocks.0.0")
+    assert parent.data.params["units_block"].startswith("conv_stem+bn1, blocks.0.0")
     trials = _trial_runs(client, exp.experiment_id)
     assert len(trials) == 3
     for run in trials:
