@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .heads import HEADS
 from .metrics import METRICS
 from .phases import LR_SCHEDULES
 from .strategy import BN_POLICIES
@@ -29,10 +30,11 @@ class Choice:
 
 @dataclass(frozen=True)
 class Range:
-    """A numeric search dimension; for 'unit' params a negative bound counts from the number of units."""
+    """A numeric search dimension. For 'unit' params a negative bound counts from the number of
+    units, and a missing bound means 0 (low) or n_units (high)."""
 
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     log: bool = False
     step: float | None = None
 
@@ -104,6 +106,10 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "lr_schedule": (str, LR_SCHEDULES, " or ".join(repr(s) for s in LR_SCHEDULES)),
     "lr_step": (int, _positive, "an integer >= 1 (epochs between LR drops)"),
     "lr_gamma": (float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "select_epoch": (str, ("best", "last"), "'best' (best validation epoch) or 'last'"),
+    "head": (str, HEADS, "'linear' or 'mlp'"),
+    "head_hidden": (int, _positive, "an integer >= 1"),
+    "head_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
 }
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params"}
 
@@ -186,6 +192,10 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
     params = raw.get("params", {})
     if not isinstance(params, dict):
         ctx.fail(f"{key}.params", "must be a table")
+    if raw.get("sampler") == "grid":
+        for p, v in params.items():
+            if isinstance(v, dict) and (v.get("log") or not all(isinstance(v.get(b, 0), int) for b in ("low", "high"))):
+                ctx.fail(f"{key}.params.{p}", "the grid sampler needs a list of values here (or an integer range)")
     if "strategy" not in params:
         ctx.fail(f"{key}.params.strategy", "is required: a strategy name or a list of names to search")
     if "lr" not in params:
@@ -264,13 +274,14 @@ def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str
         return Choice(tuple(_check_value(ctx, f"{key}[{i}]", name, v) for i, v in enumerate(value)))
     if isinstance(value, dict):
         extra = set(value) - {"low", "high", "log", "step"}
-        if extra or "low" not in value or "high" not in value:
+        bounded = name not in CORE_PARAMS  # a strategy's unit range may omit bounds: 0..n_units
+        if extra or (not bounded and ("low" not in value or "high" not in value)):
             ctx.fail(key, "a range is a table {low = ..., high = ..., log = true|false, step = ...}")
         if name in CORE_PARAMS and CORE_PARAMS[name][0] not in (int, float):
             ctx.fail(key, f"{name} cannot be a range; give a value or a list")
-        low, high = value["low"], value["high"]
+        low, high = value.get("low"), value.get("high")
         for k, v in (("low", low), ("high", high)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 ctx.fail(f"{key}.{k}", f"must be a number, got {v!r}")
         if name in CORE_PARAMS:
             _check_value(ctx, f"{key}.low", name, low)
@@ -280,7 +291,7 @@ def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str
         log = value.get("log", False)
         if not isinstance(log, bool):
             ctx.fail(f"{key}.log", "must be true or false")
-        if log and low <= 0:
+        if log and (low is None or low <= 0):
             ctx.fail(f"{key}.low", "must be > 0 for a log range")
         return Range(low, high, log, value.get("step"))
     return _check_value(ctx, key, name, value)

@@ -145,6 +145,8 @@ def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, gran
                 continue
             key = f"{where}.params.{p.name}"
             for v in _values(suite.params[p.name]):
+                if v is None:  # an open range bound
+                    continue
                 if p.kind == "unit" and (not isinstance(v, int) or isinstance(v, bool) or not -n <= v <= n):
                     raise UserError(
                         f"{key}: {v!r} is not a unit index for backbone {backbone!r} ({granularity} units): "
@@ -165,14 +167,17 @@ def _trial_name(number: int, cfg: TrialConfig) -> str:
 def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cache: DataCache) -> StudySummary:
     import optuna
 
-    from .search import direction, make_pruner, make_sampler, suggest_config
+    from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 
     suite, metric = plan.suite, plan.suite.metric
+    strategies = registry.strategies()
+    n_units = {g: len(u) for g, u in plan.units.items()}
+    n_trials = min(suite.n_trials, grid_size(suite, strategies, n_units) or suite.n_trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by us, with reasons
     study = optuna.create_study(
         study_name=plan.name,
         storage=stores.optuna_url,
-        sampler=make_sampler(suite),
+        sampler=make_sampler(suite, strategies, n_units),
         pruner=make_pruner(suite),
         direction=direction(metric),
         load_if_exists=True,
@@ -190,7 +195,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         plan.name,
         base_tags,
         {
-            "n_trials": suite.n_trials,
+            "n_trials": n_trials,
             "sampler": suite.sampler,
             "pruner": suite.pruner,
             "seed": suite.seed,
@@ -200,11 +205,10 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             "split_hash": plan.dataset.split_hash(),
         },
     )
-    strategies = registry.strategies()
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = suggest_config(trial, suite, strategies, {g: len(u) for g, u in plan.units.items()})
+        cfg = suggest_config(trial, suite, strategies, n_units)
         params = {
             **cfg.as_flat_dict(),
             "dataset": plan.dataset_ref.label,
@@ -252,10 +256,10 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         return value
 
     done = sum(is_finished(t) for t in study.trials)
-    reporter.study_started(plan.name, suite.n_trials, done)
-    if done < suite.n_trials:
+    reporter.study_started(plan.name, n_trials, done)
+    if done < n_trials:
         try:
-            study.optimize(objective, n_trials=suite.n_trials - done, catch=(TrialFailed,))
+            study.optimize(objective, n_trials=n_trials - done, catch=(TrialFailed,))
         except BaseException:
             tracker.client.set_terminated(parent, "KILLED")
             raise

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
 
 from .config import Choice, Range, Suite
+from .errors import UserError
 from .metrics import HIGHER_IS_BETTER
 from .registry import Registry
 from .trial import TrialConfig
@@ -26,13 +28,44 @@ TRIAL_DEFAULTS = {
     "lr_schedule": "constant",
     "lr_step": 10,
     "lr_gamma": 0.1,
+    "select_epoch": "best",
+    "head": "linear",
+    "head_hidden": 256,
+    "head_dropout": 0.5,
 }
 
 
-def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
+def grid_space(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> dict[str, list]:
+    """Every searched parameter as a list of values (integer and unit ranges expanded)."""
+    unit_params = {p.name for e in strategies.entries() for p in e.obj.params if p.kind == "unit"}
+    space = {}
+    for name, spec in suite.params.items():
+        if isinstance(spec, Choice):
+            space[name] = list(spec.values)
+        elif isinstance(spec, Range):
+            if name in unit_params:
+                if len(n_units) != 1:
+                    raise UserError(f"suites.{suite.name}.params.{name}: a grid over unit ranges needs one fixed granularity")
+                low, high = unit_bounds(spec, next(iter(n_units.values())))
+                space[name] = list(range(low, high + 1))
+            else:  # config validation allows only integer ranges with the grid sampler
+                space[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+    return space
+
+
+def make_sampler(suite: Suite, strategies: Registry | None = None, n_units: dict[str, int] | None = None) -> optuna.samplers.BaseSampler:
     if suite.sampler == "random":
         return optuna.samplers.RandomSampler(seed=suite.seed)
+    if suite.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(suite, strategies, n_units or {}), seed=suite.seed)
     return optuna.samplers.TPESampler(seed=suite.seed)
+
+
+def grid_size(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> int | None:
+    """Number of grid points for a grid suite (its trials are capped at this), else None."""
+    if suite.sampler != "grid":
+        return None
+    return math.prod(len(v) for v in grid_space(suite, strategies, n_units).values())
 
 
 def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
@@ -49,8 +82,9 @@ def direction(metric: str) -> str:
 
 def unit_bounds(spec: Range, n_units: int) -> tuple[int, int]:
     """A unit range's bounds; negative bounds count from the number of units."""
-    low, high = (int(v) + n_units if v < 0 else int(v) for v in (spec.low, spec.high))
-    return low, high
+    low = 0 if spec.low is None else int(spec.low)
+    high = n_units if spec.high is None else int(spec.high)
+    return tuple(v + n_units if v < 0 else v for v in (low, high))
 
 
 def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = None, floor: int | None = None):

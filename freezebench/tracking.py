@@ -99,6 +99,8 @@ class Tracker:
         )
         self.client.log_dict(run_id, result.plan.as_dict() | {"units": result.units}, "freeze_plan.json")
         self.client.log_dict(run_id, result.config.as_flat_dict(), "trial_config.json")
+        if result.events:
+            self.client.log_dict(run_id, result.events, "unfreeze_events.json")
         self.client.set_terminated(run_id, "FINISHED")
 
     def end_trial(self, run_id: str, state: str, reason: str = "") -> None:

@@ -74,8 +74,10 @@ def train(
     metric: str,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     executor: "PlanExecutor | None" = None,
+    select: str = "best",
 ) -> TrainOutcome:
-    """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``."""
+    """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``
+    (``select="best"``) or of the last epoch (``select="last"``) for the test."""
     generator = torch.Generator().manual_seed(seed)
     outcome = TrainOutcome()
     best_state = None
@@ -107,7 +109,7 @@ def train(
             raise DivergedError(f"non-finite validation loss in epoch {epoch}")
         record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
         outcome.history.append(record)
-        if is_better(metric, val[metric], best_score):
+        if (select == "last" and epoch == epochs) or (select == "best" and is_better(metric, val[metric], best_score)):
             best_score = val[metric]
             outcome.best_epoch, outcome.best_val = epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

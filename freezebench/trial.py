@@ -17,6 +17,7 @@ from .preprocess import Normalizer, resize_images
 from .phases import PlanExecutor
 from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
+from .heads import with_head
 from .units import with_granularity
 
 
@@ -40,6 +41,10 @@ class TrialConfig:
     lr_schedule: str = "constant"
     lr_step: int = 10
     lr_gamma: float = 0.1
+    select_epoch: str = "best"
+    head: str = "linear"
+    head_hidden: int = 256
+    head_dropout: float = 0.5
     metric: str = "f1"
     strategy_params: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +124,8 @@ def resolve_strategy_params(strategy: Strategy, backbone: Backbone, params: dict
         if spec.kind == "window":
             out[spec.name] = parse_window(value, units, backbone.name)
         elif spec.kind == "unit":
+            if isinstance(value, int) and not isinstance(value, bool) and -n <= value < 0:
+                value = out[spec.name] = value + n  # counted from the end
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
                 raise UserError(
                     f"Strategy {strategy.name!r}: {spec.name}={value!r} is outside 0..{n} for backbone "
@@ -134,6 +141,7 @@ def build_and_plan(
 ) -> tuple[Backbone, FreezePlan]:
     request = WeightsRequest(weights.pretrained and strategy.pretrained, weights.file, weights.sha256)
     backbone = with_granularity(spec.build(num_classes, request), cfg.granularity)
+    backbone = with_head(backbone, cfg.head, cfg.head_hidden, cfg.head_dropout)
     params = {**cfg.strategy_params, "head_lr_mult": cfg.head_lr_mult, "bn_policy": cfg.bn_policy}
     params = resolve_strategy_params(strategy, backbone, params)
     plan = strategy.plan(backbone.unit_names(), params)  # InvalidParams: this trial fails, the study goes on
@@ -174,6 +182,7 @@ def fit(
         metric=cfg.metric,
         on_epoch=on_epoch,
         executor=executor,
+        select=cfg.select_epoch,
     )
     return TrialResult(
         config=cfg,

@@ -23,6 +23,7 @@ def _register_commands() -> None:
     cli.add_command(run.run)
     cli.add_command(info.plugins_cmd)
     cli.add_command(info.list_cmd)
+    cli.add_command(info.describe_cmd)
     cli.add_command(results.leaderboard_cmd)
     cli.add_command(results.ui_cmd)
 

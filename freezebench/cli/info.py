@@ -62,3 +62,45 @@ def list_cmd(kind: str, pattern: str | None, as_json: bool):
     console.print(table)
     if not rows:
         console.print(f"No {kind} match {pattern!r}." if pattern else f"No {kind} installed.")
+
+
+@click.command("describe")
+@click.argument("backbone")
+@click.option("--granularity", type=click.Choice(["block", "layer"]), default="block", show_default=True)
+@click.option("--head", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True)
+@click.option("--classes", type=click.IntRange(min=2), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def describe_cmd(backbone: str, granularity: str, head: str, classes: int, as_json: bool):
+    """Show BACKBONE's freeze units in order with their parameter counts, and its head."""
+    from ..backbone import WeightsRequest
+    from ..heads import describe_head, with_head
+    from ..registry import backbones
+    from ..units import with_granularity
+
+    entry = backbones().entry(backbone)
+    built = with_head(with_granularity(entry.obj.build(classes, WeightsRequest(pretrained=False)), granularity), head)
+    total = sum(p.numel() for p in built.model.parameters())
+    rows = [{"index": i, "unit": u.name, "params": built.param_count(u), "share": built.param_count(u) / total}
+            for i, u in enumerate(built.units)]
+    head_params = built.param_count(built.head)
+    data = {"backbone": backbone, "plugin": entry.plugin, "granularity": granularity, "units": rows,
+            "head": {"module": built.head.name, "params": head_params, "share": head_params / total,
+                     "description": describe_head(built)},
+            "total_params": total, "default_weights": entry.obj.default_weights}
+    if as_json:
+        print_json(data)
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{backbone}: {len(rows)} {granularity} units, input to output", box=box.SIMPLE_HEAD)
+    for col, justify in (("#", "right"), ("unit", "left"), ("params", "right"), ("share", "right"), ("frozen by k=#+1", "right")):
+        table.add_column(col, justify=justify)
+    cumulative = 0
+    for r in rows:
+        cumulative += r["params"]
+        table.add_row(str(r["index"]), r["unit"], f"{r['params']:,}", f"{100 * r['share']:.2f}%", f"{100 * cumulative / total:.1f}%")
+    table.add_row("", f"head: {built.head.name}", f"{head_params:,}", f"{100 * head_params / total:.2f}%", "never")
+    console.print(table)
+    console.print(f"total {total:,} parameters; head {describe_head(built)}", highlight=False)
+    console.print(f"default weights: {entry.obj.default_weights}", highlight=False)

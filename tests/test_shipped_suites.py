@@ -1,0 +1,36 @@
+"""Every suite in the shipped benchmarks.toml is valid: names, options, windows, unit ranges."""
+
+from __future__ import annotations
+
+import pytest
+
+from freezebench import registry
+from freezebench.config import load_config
+from freezebench.runner import prepare_suite
+from freezebench.search import grid_size
+
+from .conftest import ROOT
+
+
+def _config():
+    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
+    return load_config(ROOT / "benchmarks.toml", declared)
+
+
+@pytest.mark.parametrize("suite", list(_config().suites))
+def test_shipped_suite_prepares(suite):
+    plans = prepare_suite(_config(), suite)
+    assert plans
+    for plan in plans:
+        n_units = {g: len(u) for g, u in plan.units.items()}
+        size = grid_size(plan.suite, registry.strategies(), n_units)
+        if plan.suite.sampler == "grid":
+            assert size and size <= plan.suite.n_trials
+
+
+def test_paper_grids_have_the_papers_sizes():
+    config = _config()
+    sweep = prepare_suite(config, "paper002_sweep")[0]
+    assert grid_size(sweep.suite, registry.strategies(), {"layer": 52}) == 53 * 3
+    cases = prepare_suite(config, "paper004_cases")[0]
+    assert grid_size(cases.suite, registry.strategies(), {"block": 7}) == 9
