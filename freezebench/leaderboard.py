@@ -79,6 +79,7 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
                 "study": t.get(f"{TAG}.study", ""),
                 "backbone": t.get(f"{TAG}.backbone", ""),
                 **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
+                "strategy_params": t.get(f"{TAG}.strategy_params", "-"),
                 "best_epoch": int(m.get("best_epoch", 0)),
                 f"val_{metric}": m[f"best_val_{metric}"],
                 **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "f1", "auc")},

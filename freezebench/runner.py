@@ -216,7 +216,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             "split_hash": plan.dataset.split_hash(),
             "optuna_trial": trial.number,
         }
-        tags = {**base_tags, "freezebench.strategy": cfg.strategy, "freezebench.optuna_trial": str(trial.number)}
+        tags = {**base_tags, "freezebench.strategy": cfg.strategy, "freezebench.optuna_trial": str(trial.number),
+                "freezebench.strategy_params": " ".join(f"{k}={v}" for k, v in cfg.strategy_params.items()) or "-"}
         run_id = tracker.start_trial(experiment_id, parent, _trial_name(trial.number, cfg), tags, params)
         trial.set_user_attr("mlflow_run_id", run_id)
         reporter.trial_started(plan.name, trial.number, cfg)
@@ -234,9 +235,9 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             result: TrialResult = run_trial(
                 cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache, on_epoch
             )
-        except optuna.TrialPruned:
-            tracker.end_trial(run_id, "pruned")
-            reporter.trial_ended(plan.name, trial.number, "pruned", None)
+        except optuna.TrialPruned as exc:
+            tracker.end_trial(run_id, "pruned", str(exc))
+            reporter.trial_ended(plan.name, trial.number, "pruned", None, str(exc))
             raise
         except (UserError, KeyboardInterrupt) as exc:
             tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")

@@ -97,6 +97,7 @@ def test_leaderboard_ranks_by_best_validation_metric(finished_suite, cli):
         run = client.get_run(r["run_id"])
         assert r["val_f1"] == run.data.metrics["best_val_f1"] and r["test_f1"] == run.data.metrics["test_f1"]
         assert r["strategy"] == run.data.params["strategy"] and isinstance(r["lr"], float)
+        assert r["strategy_params"] == (f"k={run.data.params['k']}" if r["strategy"] == "freeze_to" else "-")
     code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--metric", "loss", "--json")
     losses = [r["val_loss"] for r in json.loads(out)]
     assert losses == sorted(losses)

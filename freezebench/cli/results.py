@@ -25,7 +25,7 @@ def _fmt(column: str, v) -> str:
 
 # column -> header; compact enough for an 80-column terminal
 LEADERBOARD_COLUMNS = {
-    "rank": "#", "backbone": "backbone", "strategy": "strategy", "k": "k", "lr": "lr", "best_epoch": "ep",
+    "rank": "#", "backbone": "backbone", "strategy": "strategy", "strategy_params": "with", "lr": "lr", "best_epoch": "ep",
     "val": "val", "test_accuracy": "test\nacc", "test_f1": "test\nf1", "test_auc": "test\nauc",
     "trainable_params": "trained\nparams", "wall_time_s": "time",
 }
@@ -48,7 +48,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     for c, header in cols.items():
         width = max(len(line) for line in header.split("\n"))
         width = max([width] + [len(_fmt(c, r.get(c if c != "val" else f"val_{metric}"))) for r in rows])
-        table.add_column(header, justify="left" if c in ("backbone", "strategy") else "right", min_width=width)
+        table.add_column(header, justify="left" if c in ("backbone", "strategy", "strategy_params") else "right", min_width=width)
     for r in rows:
         table.add_row(*(_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols))
     console.print(table)
