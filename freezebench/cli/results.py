@@ -45,6 +45,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         cols.pop("backbone")
     if console.width < 90:  # keep the table whole on an 80-column terminal; --json has every field
         cols.pop("wall_time_s")
+        cols.pop("best_epoch")
     for c, header in cols.items():
         width = max(len(line) for line in header.split("\n"))
         width = max([width] + [len(_fmt(c, r.get(c if c != "val" else f"val_{metric}"))) for r in rows])

@@ -73,18 +73,15 @@ def run(suite, config_path, n_trials, results_dir, storage, tracking_uri):
     with Progress(*columns, console=console) as progress:
         summaries = run_suite(plans, stores, RichReporter(progress, metric))
 
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=f"Suite {suite}: best trial per study, selected on val {metric}", box=box.SIMPLE_HEAD)
-    for col in ("study", "trials", f"val {metric}", "best config", "test f1", "test auc"):
-        table.add_column(col, overflow="fold")
+    console.print(f"[bold]Suite {suite}[/]: best trial per study, selected on val {metric}")
     for s in summaries:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items()))
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
-        table.add_row(s.study, counts, fmt(s.best_value), best or "-", fmt(s.best_test.get("f1")), fmt(s.best_test.get("auc")))
-    console.print(table)
+        line = f"  {s.study}: {counts}"
+        if s.best_value is not None:
+            best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
+            test = ", ".join(f"{k} {s.best_test[k]:.3f}" for k in ("accuracy", "f1", "auc") if k in s.best_test)
+            line += f"; best val {metric} {s.best_value:.3f} ({best}); test {test}"
+        console.print(line, highlight=False)
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     for label in dict.fromkeys(s.dataset for s in summaries):
         print_leaderboard(tracker, label, metric, suite=suite, limit=10)
