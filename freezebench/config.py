@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .augment import AUGMENT_MODES
 from .heads import HEADS
+from .preprocess import RESIZE_MODES
 from .metrics import METRICS
 from .phases import LR_SCHEDULES
 from .strategy import BN_POLICIES
@@ -69,6 +71,7 @@ class Suite:
     pruner: str = "none"
     seed: int = 0
     description: str = ""
+    data_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,12 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "head": (str, HEADS, "'linear' or 'mlp'"),
     "head_hidden": (int, _positive, "an integer >= 1"),
     "head_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "augment": (str, AUGMENT_MODES, "'none', 'online' or 'offline'"),
+    "augment_copies": (int, _positive, "an integer >= 1 (offline copies per training image)"),
+    "balance": (str, ("none", "loss", "sampler"), "'none', 'loss' or 'sampler'"),
+    "resize_mode": (str, RESIZE_MODES, "'stretch' or 'pad'"),
 }
-SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params"}
+SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params", "data_root"}
 
 
 def default_config_path() -> Path:
@@ -211,7 +218,14 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         sampler=raw.get("sampler", "tpe"),
         pruner=raw.get("pruner", "none"),
         seed=seed,
+        data_root=_optional_str(ctx, f"{key}.data_root", raw.get("data_root")),
     )
+
+
+def _optional_str(ctx: _Ctx, key: str, value):
+    if value is not None and not isinstance(value, str):
+        ctx.fail(key, f"must be a string (a path), got {value!r}")
+    return value
 
 
 def _list(ctx: _Ctx, key: str, value) -> list:

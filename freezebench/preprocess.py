@@ -20,11 +20,28 @@ def _to_rgb(image: np.ndarray) -> Image.Image:
     raise ValueError(f"image of shape {arr.shape}: expected (H, W) or (H, W, 3)")
 
 
-def resize_images(images, size: int) -> torch.Tensor:
-    """Resize every image to ``size`` x ``size`` RGB; returns uint8 (N, 3, size, size)."""
+RESIZE_MODES = ("stretch", "pad")
+
+
+def _pad_square(pil: Image.Image) -> Image.Image:
+    side = max(pil.size)
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(pil, ((side - pil.size[0]) // 2, (side - pil.size[1]) // 2))
+    return canvas
+
+
+def resize_images(images, size: int, mode: str = "stretch") -> torch.Tensor:
+    """Every image as ``size`` x ``size`` RGB (grayscale repeated to 3 channels); uint8 (N, 3, S, S).
+
+    ``mode="stretch"`` resizes to the square; ``"pad"`` keeps the aspect ratio, padding with black.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
     for i, image in enumerate(images):
         pil = _to_rgb(image)
+        if mode == "pad" and pil.size[0] != pil.size[1]:
+            pil = _pad_square(pil)
         if pil.size != (size, size):
             pil = pil.resize((size, size), Image.BILINEAR)
         out[i] = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)

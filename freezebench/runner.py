@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol as _Protocol
 
 from . import __version__, registry
 from .backbone import BackboneSpec, WeightsRequest
+from .augment import augment_array
 from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
 from .dataset import ImageDataset
+from .leakage import LeakReport
+from .protocols import PROTOCOL_KEYS, Protocol, apply_protocol
 from .errors import UserError
 from .stores import Stores
 from .weights import is_url
@@ -30,7 +36,7 @@ class TrialFailed(Exception):
     """A trial raised or diverged; recorded as failed, and the suite goes on."""
 
 
-class Reporter(Protocol):
+class Reporter(_Protocol):
     def study_started(self, study: str, n_trials: int, n_done: int) -> None: ...
     def trial_started(self, study: str, number: int, config: TrialConfig) -> None: ...
     def epoch_done(self, epoch: int, record: dict[str, float]) -> None: ...
@@ -54,10 +60,23 @@ class StudyPlan:
     backbone_ref: BackboneRef
     backbone: BackboneSpec
     units: dict[str, list[str]]  # granularity -> unit names
+    protocol: Protocol = field(default_factory=Protocol)
+    leaks: LeakReport = field(default_factory=LeakReport)
+    fold: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.suite.name}/{self.dataset_ref.label}/{self.backbone_ref.name}"
+        fold = f"/fold{self.fold}" if self.fold is not None else ""
+        return f"{self.suite.name}/{self.dataset_ref.label}{fold}/{self.backbone_ref.name}"
+
+
+@dataclass
+class PreparedSuite:
+    """A suite with every name checked and every dataset loaded and split; nothing written yet."""
+
+    studies: list[StudyPlan]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
+    audits: list[tuple[str, LeakReport, bool]] = field(default_factory=list)  # (dataset, report, allowed)
 
 
 @dataclass
@@ -81,8 +100,30 @@ def _is_path_option(key: str) -> bool:
     return key in ("path", "root") or key.endswith(("_path", "_dir", "_root"))
 
 
-def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
-    """Check every name, option and file of a suite and load its datasets; writes nothing."""
+def data_root(suite: Suite, base: Path) -> Path | None:
+    """$FREEZEBENCH_DATA_ROOT, else the suite's data_root (relative to the config file)."""
+    env = os.environ.get("FREEZEBENCH_DATA_ROOT")
+    if env:
+        return Path(env).expanduser()
+    return Path(_resolve_path(suite.data_root, base)) if suite.data_root else None
+
+
+def _plugin_options(ref_name: str, options: dict[str, Any], where: str, base: Path, root: Path | None) -> tuple[Any, dict]:
+    if ref_name not in registry.datasets():
+        raise UserError(f"{where}: {registry.datasets().unknown_message(ref_name)}")
+    dspec = registry.datasets().get(ref_name)
+    plugin = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
+    bad = [k for k in plugin if k not in dspec.options]
+    if bad:
+        raise UserError(f"{where}: dataset {ref_name!r} has no option {bad[0]!r}; its options: {', '.join(dspec.options) or 'none'}.")
+    plugin = {k: _resolve_path(v, base) if _is_path_option(k) and isinstance(v, str) else v for k, v in plugin.items()}
+    if "root" in dspec.options and "root" not in plugin and dspec.data_subdir and root is not None:
+        plugin["root"] = str(root / dspec.data_subdir)
+    return dspec, plugin
+
+
+def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) -> PreparedSuite:
+    """Check every name, option and file of a suite; load, split and audit its datasets. Writes nothing."""
     suite = config.suite(suite_name)
     base = config.path.resolve().parent
     where = f"{config.path}: suites.{suite_name}"
@@ -92,20 +133,40 @@ def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
     for name in names:
         if name not in strategies:
             raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
+    root = data_root(suite, base)
+    prepared = PreparedSuite([])
 
     datasets = []
-    for ref in suite.datasets:
-        if ref.name not in registry.datasets():
-            raise UserError(f"{where}.datasets: {registry.datasets().unknown_message(ref.name)}")
-        dspec = registry.datasets().get(ref.name)
-        bad = [k for k in ref.options if k not in dspec.options]
-        if bad:
-            raise UserError(
-                f"{where}.datasets: dataset {ref.name!r} has no option {bad[0]!r}; "
-                f"its options: {', '.join(dspec.options) or 'none'}."
-            )
-        options = {k: _resolve_path(v, base) if _is_path_option(k) and isinstance(v, str) else v for k, v in ref.options.items()}
-        datasets.append((ref, dspec.load(**options)))
+    for i, ref in enumerate(suite.datasets):
+        key = f"{where}.datasets[{i}]"
+        protocol = Protocol.from_options({k: v for k, v in ref.options.items() if k in PROTOCOL_KEYS}, key)
+        dspec, options = _plugin_options(ref.name, ref.options, key, base, root)
+        missing = dspec.available(**options) if dspec.available else None
+        if missing:
+            prepared.skipped.append((ref.label, missing))
+            continue
+
+        def load_external(table: dict, _key=key) -> ImageDataset:
+            espec, eopts = _plugin_options(table["name"], {k: v for k, v in table.items() if k != "name"}, f"{_key}.test_on", base, root)
+            return espec.load(**eopts)
+
+        dataset = dspec.load(**options)
+        folds = range(protocol.folds) if protocol.split == "kfold" and protocol.fold is None else [protocol.fold]
+        for fold in folds:
+            p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
+            split, report = apply_protocol(dataset, p, load_external, augment_array)
+            allowed = allow_leaks or protocol.allow_leaks
+            blocking = report.subjects or report.protocol or (report.duplicates and split.split_source != "given")
+            label = ref.label + (f"/fold{fold}" if fold is not None and protocol.split == "kfold" else "")
+            if blocking and not allowed:
+                raise UserError(
+                    f"{key}: leak audit of {label!r}: {report.summary()}. Fix the data or the protocol, or set "
+                    "allow_leaks = true for this dataset (or pass --allow-leaks) to reproduce it on purpose; "
+                    "the runs are then flagged."
+                )
+            if not report.clean:
+                prepared.audits.append((label, report, bool(allowed)))
+            datasets.append((ref, split, p, report, fold if protocol.split == "kfold" else None))
 
     backbones = []
     for ref in suite.backbones:
@@ -123,9 +184,16 @@ def prepare_suite(config: Config, suite_name: str) -> list[StudyPlan]:
             _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, granularity, units[granularity])
         backbones.append((ref, bspec, units))
 
-    return [
-        StudyPlan(suite, dref, ds, bref, bspec, units) for dref, ds in datasets for bref, bspec, units in backbones
+    prepared.studies = [
+        StudyPlan(suite, dref, ds, bref, bspec, units, protocol, report, fold)
+        for dref, ds, protocol, report, fold in datasets
+        for bref, bspec, units in backbones
     ]
+    if not prepared.studies:
+        why = "; ".join(f"{name}: {reason}" for name, reason in prepared.skipped)
+        raise UserError(f"{where}: no dataset of this suite is available ({why}). Set data_root in the suite, "
+                        "or FREEZEBENCH_DATA_ROOT, to the folder that holds the datasets.")
+    return prepared
 
 
 def _values(spec) -> tuple:
@@ -189,6 +257,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         "freezebench.dataset": plan.dataset_ref.label,
         "freezebench.backbone": plan.backbone_ref.name,
         "freezebench.objective": f"val_{metric}",
+        "freezebench.protocol": plan.protocol.describe(),
+        "freezebench.leaks": plan.leaks.summary(),
     }
     parent = tracker.study_run(
         experiment_id,
@@ -203,6 +273,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             "search_space": repr(suite.params),
             "dataset_source": plan.dataset.source,
             "split_hash": plan.dataset.split_hash(),
+            "split_counts": repr(plan.dataset.counts()),
         },
     )
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
@@ -290,7 +361,9 @@ def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
     return summary
 
 
-def run_suite(plans: list[StudyPlan], stores: Stores, reporter: Reporter | None = None) -> list[StudySummary]:
+def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter: Reporter | None = None) -> list[StudySummary]:
+    if isinstance(plans, PreparedSuite):
+        plans = plans.studies
     from .tracking import Tracker
 
     reporter = reporter or SilentReporter()

@@ -32,6 +32,10 @@ TRIAL_DEFAULTS = {
     "head": "linear",
     "head_hidden": 256,
     "head_dropout": 0.5,
+    "augment": "none",
+    "augment_copies": 4,
+    "balance": "none",
+    "resize_mode": "stretch",
 }
 
 

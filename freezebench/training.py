@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import augment_batch
 from .metrics import classification_metrics, is_better
 from .preprocess import Normalizer
 
@@ -75,27 +76,43 @@ def train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     executor: "PlanExecutor | None" = None,
     select: str = "best",
+    augment: bool = False,
+    balance: str = "none",
 ) -> TrainOutcome:
     """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``
-    (``select="best"``) or of the last epoch (``select="last"``) for the test."""
+    (``select="best"``) or of the last epoch (``select="last"``) for the test.
+
+    ``augment``: a fresh random augmentation of every training batch (online). ``balance``:
+    "loss" weights the loss by inverse class frequency, "sampler" draws training images with
+    inverse-frequency probabilities (with replacement), "none" does neither.
+    """
     generator = torch.Generator().manual_seed(seed)
     outcome = TrainOutcome()
     best_state = None
     best_score = None
     start = time.perf_counter()
     n = len(train_data.labels)
+    counts = torch.bincount(train_data.labels).float().clamp(min=1)
+    inverse = counts.sum() / (len(counts) * counts)  # 1 for a balanced dataset
+    class_weight = inverse if balance == "loss" else None
     for epoch in range(1, epochs + 1):
         if executor is not None:
             executor.begin_epoch(epoch)
         model.train()
-        order = torch.randperm(n, generator=generator)
+        if balance == "sampler":
+            order = torch.multinomial(inverse[train_data.labels], n, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(n, generator=generator)
         seen, loss_sum = 0, 0.0
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm cannot train on a single image
                 continue
-            x, y = norm(train_data.images[idx]), train_data.labels[idx]
-            loss = F.cross_entropy(model(x), y)
+            batch = train_data.images[idx]
+            if augment:
+                batch = augment_batch(batch, generator)
+            x, y = norm(batch), train_data.labels[idx]
+            loss = F.cross_entropy(model(x), y, weight=class_weight)
             if not torch.isfinite(loss):
                 raise DivergedError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
             penalty = executor.penalty() if executor is not None else None

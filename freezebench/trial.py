@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from .augment import augment_batch
 from .backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
 from .dataset import SPLITS, ImageDataset
 from .errors import UserError
@@ -45,6 +46,10 @@ class TrialConfig:
     head: str = "linear"
     head_hidden: int = 256
     head_dropout: float = 0.5
+    augment: str = "none"
+    augment_copies: int = 4
+    balance: str = "none"
+    resize_mode: str = "stretch"
     metric: str = "f1"
     strategy_params: dict[str, Any] = field(default_factory=dict)
 
@@ -69,21 +74,24 @@ class TrialResult:
 
 
 class DataCache:
-    """Resized uint8 tensors per (dataset, image size), shared by the trials of a study."""
+    """Resized uint8 tensors per (dataset, size, resize mode, offline augmentation), shared by the
+    trials of a study. Offline augmentation adds ``copies`` fixed augmented copies of the training
+    split only, made after splitting (so no copy of a test image reaches training)."""
 
     def __init__(self):
-        self._store: dict[tuple[int, int], dict[str, SplitTensors]] = {}
+        self._store: dict[tuple, dict[str, SplitTensors]] = {}
 
-    def get(self, dataset: ImageDataset, size: int) -> dict[str, SplitTensors]:
-        key = (id(dataset), size)
+    def get(self, dataset: ImageDataset, size: int, resize_mode: str = "stretch", copies: int = 0, seed: int = 0) -> dict[str, SplitTensors]:
+        key = (id(dataset), size, resize_mode, copies, seed if copies else 0)
         if key not in self._store:
-            images = resize_images(dataset.images, size)
+            images = resize_images(dataset.images, size, resize_mode)
             labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-            self._store[key] = {
-                s: SplitTensors(images[idx], labels[idx])
-                for s in SPLITS
-                for idx in [torch.as_tensor(dataset.indices(s))]
-            }
+            splits = {s: SplitTensors(images[idx], labels[idx]) for s in SPLITS for idx in [torch.as_tensor(dataset.indices(s))]}
+            if copies:
+                train, generator = splits["train"], torch.Generator().manual_seed(seed)
+                extra = [augment_batch(train.images, generator) for _ in range(copies)]
+                splits["train"] = SplitTensors(torch.cat([train.images, *extra]), train.labels.repeat(copies + 1))
+            self._store[key] = splits
         return self._store[key]
 
 
@@ -168,7 +176,8 @@ def fit(
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                             schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
-    data = (cache or DataCache()).get(dataset, cfg.image_size)
+    copies = cfg.augment_copies if cfg.augment == "offline" else 0
+    data = (cache or DataCache()).get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
     outcome = train(
         backbone.model,
         optimizer,
@@ -183,6 +192,8 @@ def fit(
         on_epoch=on_epoch,
         executor=executor,
         select=cfg.select_epoch,
+        augment=cfg.augment == "online",
+        balance=cfg.balance,
     )
     return TrialResult(
         config=cfg,

@@ -19,7 +19,7 @@ def _config():
 
 @pytest.mark.parametrize("suite", list(_config().suites))
 def test_shipped_suite_prepares(suite):
-    plans = prepare_suite(_config(), suite)
+    plans = prepare_suite(_config(), suite).studies
     assert plans
     for plan in plans:
         n_units = {g: len(u) for g, u in plan.units.items()}
@@ -30,7 +30,7 @@ def test_shipped_suite_prepares(suite):
 
 def test_paper_grids_have_the_papers_sizes():
     config = _config()
-    sweep = prepare_suite(config, "paper002_sweep")[0]
+    sweep = prepare_suite(config, "paper002_sweep").studies[0]
     assert grid_size(sweep.suite, registry.strategies(), {"layer": 52}) == 53 * 3
-    cases = prepare_suite(config, "paper004_cases")[0]
+    cases = prepare_suite(config, "paper004_cases").studies[0]
     assert grid_size(cases.suite, registry.strategies(), {"block": 7}) == 9

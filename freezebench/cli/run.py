@@ -44,8 +44,9 @@ class RichReporter:
 @click.option("--suite", required=True, help="Suite name from benchmarks.toml.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Benchmarks file (default: ./benchmarks.toml).")
 @click.option("--n-trials", type=click.IntRange(min=1), help="Override the suite's n_trials.")
+@click.option("--allow-leaks", is_flag=True, help="Run protocols the leak audit flags (to reproduce a paper); runs are flagged.")
 @store_options
-def run(suite, config_path, n_trials, results_dir, storage, tracking_uri):
+def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, tracking_uri):
     """Run SUITE: an Optuna study per (dataset, backbone), every trial tracked in MLflow."""
     import dataclasses
 
@@ -62,8 +63,14 @@ def run(suite, config_path, n_trials, results_dir, storage, tracking_uri):
     config = load_config(config_path, declared)
     if n_trials:
         config.suites[suite] = dataclasses.replace(config.suite(suite), n_trials=n_trials)
-    with console.status(f"Preparing suite {suite!r} (datasets, backbones)..."):
-        plans = prepare_suite(config, suite)
+    with console.status(f"Preparing suite {suite!r} (datasets, splits, leak audit, backbones)..."):
+        prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
+    for name, why in prepared.skipped:
+        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False)
+    for name, report, allowed in prepared.audits:
+        note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
+        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False)
+    plans = prepared.studies
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     metric = config.suite(suite).metric
     about = config.suite(suite).description

@@ -1,0 +1,192 @@
+"""Evaluation protocols: how a dataset is split into train/val/test, leak-free by default.
+
+- ``split = "auto"``: the dataset's own splits when it has them (MedMNIST), else ``"ratio"``.
+- ``split = "ratio"``: stratified by class, at the subject level, seeded: no subject (and no
+  pair of near-identical images) in two splits.
+- ``split = "kfold"``: stratified group k-fold (scikit-learn); fold i is the test set and the
+  validation set is taken from the rest at the same subject level.
+- ``test_on``: an external test set (another dataset, e.g. another hospital).
+- Leaky protocols, on purpose, to reproduce a paper: ``level = "image"`` splits images, not
+  subjects (paper 000); ``augment_before_split = k`` adds k augmented copies of every image
+  before an image-level split (paper 003). Both need ``allow_leaks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .dataset import ImageDataset
+from .errors import UserError
+from .leakage import LeakReport, audit, duplicate_groups
+
+PROTOCOL_KEYS = ("split", "ratios", "folds", "fold", "split_seed", "level", "test_on", "allow_leaks", "augment_before_split")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    split: str = "auto"
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    folds: int = 5
+    fold: int | None = None
+    seed: int = 0
+    level: str = "subject"
+    test_on: dict[str, Any] | None = None
+    allow_leaks: bool = False
+    augment_before_split: int = 0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], where: str) -> "Protocol":
+        p = cls(**{("seed" if k == "split_seed" else k): v for k, v in options.items() if k in PROTOCOL_KEYS})
+        if p.split not in ("auto", "official", "ratio", "kfold"):
+            raise UserError(f"{where}.split: must be 'auto', 'official', 'ratio' or 'kfold', not {p.split!r}")
+        ratios = tuple(p.ratios)
+        if len(ratios) != 3 or any(not isinstance(r, (int, float)) or r < 0 for r in ratios) or ratios[0] <= 0 or sum(ratios) <= 0:
+            raise UserError(f"{where}.ratios: give three non-negative numbers train:val:test, e.g. [5, 2, 3]; got {p.ratios!r}")
+        total = float(sum(ratios))
+        p = dataclasses.replace(p, ratios=tuple(r / total for r in ratios))
+        if not isinstance(p.folds, int) or p.folds < 2:
+            raise UserError(f"{where}.folds: must be an integer >= 2, got {p.folds!r}")
+        if p.fold is not None and (not isinstance(p.fold, int) or not 0 <= p.fold < p.folds):
+            raise UserError(f"{where}.fold: must be an integer in 0..{p.folds - 1}, got {p.fold!r}")
+        if p.level not in ("subject", "image"):
+            raise UserError(f"{where}.level: must be 'subject' or 'image', not {p.level!r}")
+        if not isinstance(p.augment_before_split, int) or p.augment_before_split < 0:
+            raise UserError(f"{where}.augment_before_split: must be an integer >= 0")
+        if p.test_on is not None and not (isinstance(p.test_on, dict) and isinstance(p.test_on.get("name"), str)):
+            raise UserError(f'{where}.test_on: must be a table {{ name = "dataset", <options> }}')
+        return p
+
+    def describe(self) -> str:
+        if self.split == "kfold":
+            return f"kfold k={self.folds} fold={self.fold} seed={self.seed} level={self.level}"
+        if self.split == "ratio":
+            return f"ratio {':'.join(f'{r:.2f}' for r in self.ratios)} seed={self.seed} level={self.level}"
+        return self.split
+
+
+def _group_labels(labels: np.ndarray, groups: np.ndarray) -> dict[str, int]:
+    """Each group's majority label (groups are stratified by it)."""
+    out = {}
+    for g in np.unique(groups):
+        out[g] = int(np.bincount(labels[groups == g]).argmax())
+    return out
+
+
+def ratio_split(labels: np.ndarray, groups: np.ndarray, ratios, seed: int) -> np.ndarray:
+    """Stratified, group-level split into train/val/test by image counts, as close to ``ratios``
+    as whole groups allow. (scikit-learn's splitters give k-folds or a single shuffle split, not
+    a stratified three-way group split, so this one assigns groups class by class.)"""
+    rng = np.random.default_rng(seed)
+    group_label = _group_labels(labels, groups)
+    sizes = {g: int((groups == g).sum()) for g in group_label}
+    split_of: dict[str, str] = {}
+    names = ("train", "val", "test")
+    for c in sorted(set(group_label.values())):
+        members = [g for g, lab in group_label.items() if lab == c]
+        rng.shuffle(members)
+        total = sum(sizes[g] for g in members)
+        targets = [r * total for r in ratios]
+        filled = [0, 0, 0]
+        for g in members:  # give the group to the split furthest below its target
+            need = [targets[i] - filled[i] if ratios[i] > 0 else -np.inf for i in range(3)]
+            i = int(np.argmax(need))
+            split_of[g] = names[i]
+            filled[i] += sizes[g]
+    return np.array([split_of[g] for g in groups.tolist()])
+
+
+def kfold_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, val_share: float, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    split = np.empty(len(labels), dtype="<U5")
+    for i, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        if i == fold:
+            split[:] = "train"
+            split[test_idx] = "test"
+    rest = np.flatnonzero(split == "train")
+    inner = ratio_split(labels[rest], groups[rest], (1 - val_share, val_share, 0.0), seed)
+    split[rest] = inner
+    return split
+
+
+def apply_protocol(dataset: ImageDataset, protocol: Protocol, load_external: Callable[[dict], ImageDataset] | None = None,
+                   augment: Callable | None = None) -> tuple[ImageDataset, LeakReport]:
+    """Return the dataset with its train/val/test splits made by ``protocol``, and its leak audit."""
+    ds, leaky = dataset, []
+    if protocol.augment_before_split:
+        if augment is None:
+            raise ValueError("augment_before_split needs an augment function")
+        ds = _augmented_copies(ds, protocol.augment_before_split, protocol.seed, augment)
+        leaky.append(f"{protocol.augment_before_split} augmented copies per image made before splitting (paper 003's protocol)")
+    level = "image" if protocol.augment_before_split else protocol.level
+    if level == "image":
+        leaky.append("split at the image level, not the subject level")
+    mode = protocol.split
+    if mode == "auto":
+        mode = "official" if ds.is_split and not protocol.augment_before_split else "ratio"
+    if mode == "official" and not ds.is_split:
+        raise UserError(f"Dataset {ds.name!r} has no splits of its own: use split = \"ratio\" or \"kfold\".")
+    if mode == "official":
+        split = np.asarray(ds.split)
+    else:
+        if level == "subject":
+            groups = duplicate_groups(ds.images, np.asarray(ds.groups).astype(str))
+        else:
+            groups = np.array([f"i{i}" for i in range(len(ds.labels))])
+        ratios = protocol.ratios
+        if protocol.test_on is not None:  # train/val only: the test set is another dataset
+            ratios = (ratios[0], ratios[1], 0.0)
+        if mode == "kfold":
+            val_share = ratios[1] / (ratios[0] + ratios[1])
+            split = kfold_split(ds.labels, groups, protocol.folds, protocol.fold or 0, val_share, protocol.seed)
+        else:
+            split = ratio_split(ds.labels, groups, ratios, protocol.seed)
+    if protocol.test_on is not None:
+        ds = _with_external_test(ds, split, protocol, load_external)
+    else:
+        ds = dataclasses.replace(ds, split=split, split_source="given" if mode == "official" else "made")
+    # splits made at the subject level are clean by construction; anything else is checked
+    check = ds.split_source == "given" or level == "image" or protocol.test_on is not None
+    report = audit(ds, check_duplicates=check)
+    report.protocol = leaky
+    return ds, report
+
+
+def _with_external_test(ds: ImageDataset, split: np.ndarray, protocol: Protocol, load_external) -> ImageDataset:
+    """Train and validate on ``ds`` (its test part dropped), test on another dataset."""
+    external = load_external(protocol.test_on)
+    if tuple(external.classes) != tuple(ds.classes):
+        raise UserError(
+            f"test_on {protocol.test_on['name']!r}: its classes {list(external.classes)} differ from "
+            f"{ds.name!r}'s {list(ds.classes)}; an external test set needs the same classes in the same order."
+        )
+    keep = split != "test"
+    images = [ds.images[i] for i in np.flatnonzero(keep)] + list(external.images)
+    return ImageDataset(
+        name=ds.name,
+        classes=ds.classes,
+        images=images,
+        labels=np.concatenate([ds.labels[keep], external.labels]),
+        split=np.concatenate([split[keep], np.full(len(external.labels), "test")]),
+        groups=np.concatenate([np.char.add(f"{ds.name}:", np.asarray(ds.groups)[keep].astype(str)),
+                               np.char.add(f"{external.name}:", np.asarray(external.groups).astype(str))]),
+        source=f"{ds.source} (test: {external.source})",
+        meta={**ds.meta, "external_test": external.name},
+        split_source="made",
+    )
+
+
+def _augmented_copies(ds: ImageDataset, k: int, seed: int, augment) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    images, labels, groups = list(ds.images), list(ds.labels), list(np.asarray(ds.groups).astype(str))
+    for i in range(len(ds.labels)):
+        for _ in range(k):
+            images.append(augment(np.asarray(ds.images[i]), rng))
+            labels.append(ds.labels[i])
+            groups.append(groups[i])
+    return dataclasses.replace(ds, images=images, labels=np.array(labels), groups=np.array(groups), split=None)
