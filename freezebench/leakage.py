@@ -61,6 +61,7 @@ class LeakReport:
     subjects: dict[str, list[str]] = field(default_factory=dict)  # subject -> splits it is in
     duplicates: list[tuple[int, int, str, str]] = field(default_factory=list)  # i, j, split_i, split_j
     protocol: list[str] = field(default_factory=list)  # leaky protocol choices made on purpose
+    allowed: bool = False  # run anyway (allow_leaks / --allow-leaks): flagged on every run
 
     @property
     def clean(self) -> bool:

@@ -165,6 +165,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
                     "the runs are then flagged."
                 )
             if not report.clean:
+                report.allowed = bool(blocking and allowed)
                 prepared.audits.append((label, report, bool(allowed)))
             datasets.append((ref, split, p, report, fold if protocol.split == "kfold" else None))
 
@@ -259,6 +260,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         "freezebench.objective": f"val_{metric}",
         "freezebench.protocol": plan.protocol.describe(),
         "freezebench.leaks": plan.leaks.summary(),
+        "freezebench.leaks_allowed": str(plan.leaks.allowed).lower(),
     }
     parent = tracker.study_run(
         experiment_id,

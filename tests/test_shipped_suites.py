@@ -19,7 +19,10 @@ def _config():
 
 @pytest.mark.parametrize("suite", list(_config().suites))
 def test_shipped_suite_prepares(suite):
-    plans = prepare_suite(_config(), suite).studies
+    config = _config()
+    if config.suite(suite).data_root and not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data not present")
+    plans = prepare_suite(config, suite, allow_leaks=suite.endswith("_leaky")).studies
     assert plans
     for plan in plans:
         n_units = {g: len(u) for g, u in plan.units.items()}
@@ -34,3 +37,12 @@ def test_paper_grids_have_the_papers_sizes():
     assert grid_size(sweep.suite, registry.strategies(), {"layer": 52}) == 53 * 3
     cases = prepare_suite(config, "paper004_cases").studies[0]
     assert grid_size(cases.suite, registry.strategies(), {"block": 7}) == 9
+
+
+def test_leaky_suite_needs_allow_leaks():
+    from freezebench.errors import UserError
+
+    if not (ROOT.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data not present")
+    with pytest.raises(UserError, match="leak audit of 'brain_tumor_mri'.*before splitting"):
+        prepare_suite(_config(), "paper003_leaky")

@@ -66,10 +66,10 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     with console.status(f"Preparing suite {suite!r} (datasets, splits, leak audit, backbones)..."):
         prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
     for name, why in prepared.skipped:
-        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False)
+        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False, soft_wrap=True)
     for name, report, allowed in prepared.audits:
         note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
-        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False)
+        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False, soft_wrap=True)
     plans = prepared.studies
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     metric = config.suite(suite).metric

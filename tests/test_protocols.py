@@ -1,0 +1,177 @@
+"""Volumes, external test sets, augmentation, class balance, padding, and suite-level protocol
+handling (missing data skipped, leaks blocked, --allow-leaks flagged in MLflow)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from freezebench import registry
+from freezebench.augment import augment_array, augment_batch
+from freezebench.errors import UserError
+from freezebench.preprocess import resize_images
+from freezebench.protocols import Protocol, apply_protocol
+from freezebench.trial import DataCache
+
+from .conftest import write_suite
+
+
+def _volume(shape, value):
+    rng = np.random.default_rng(int(value))
+    return (rng.random(shape) * 100 + value).astype(np.float32)
+
+
+@pytest.fixture
+def volume_dir(tmp_path):
+    root = tmp_path / "vols"
+    root.mkdir()
+    rows = ["file,label,subject"]
+    for i in range(8):
+        label = "ad" if i % 2 else "nc"
+        data = _volume((20, 24, 16), i * 10)
+        if i < 4:  # NIfTI, compressed and not
+            name = f"sub{i}.nii.gz" if i % 2 else f"sub{i}.nii"
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(root / name))
+        else:  # Analyze 7.5: .hdr + .img
+            name = f"sub{i}.hdr"
+            nib.save(nib.AnalyzeImage(data, np.eye(4)), str(root / name))
+        rows.append(f"{name},{label},S{i}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def load(name, **options):
+    return registry.datasets().get(name).load(**options)
+
+
+def test_volumes_take_mid_slices_one_subject_per_volume(volume_dir):
+    assert (volume_dir / "sub4.img").is_file()
+    ds = load("volumes", root=str(volume_dir), slices=6, axis=2)
+    assert len(ds.labels) == 8 * 6 and ds.classes == ("ad", "nc")
+    assert {im.shape for im in ds.images} == {(20, 24)} and ds.images[0].dtype == np.uint8
+    assert sorted(set(ds.groups)) == [f"S{i}" for i in range(8)]
+    other_axis = load("volumes", root=str(volume_dir), slices=4, axis=0)
+    assert {im.shape for im in other_axis.images} == {(24, 16)}
+    split, report = apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": [2, 1, 1]}, "t"))
+    for s in set(split.groups):  # the slices of one volume never straddle splits
+        assert len(set(split.split[split.groups == s])) == 1
+
+
+def test_volume_errors(volume_dir):
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5, 3), np.float32), np.eye(4)), str(volume_dir / "four.nii"))
+    with pytest.raises(UserError, match=r"volumes without a row in .*labels.csv: \['four'\]"):
+        load("volumes", root=str(volume_dir), slices=4)
+    with open(volume_dir / "labels.csv", "a") as f:
+        f.write("four.nii,ad,S9\n")
+    with pytest.raises(UserError, match=r"Volume .*four.nii has shape \(5, 5, 5, 3\): a 3D volume is needed"):
+        load("volumes", root=str(volume_dir), slices=4)
+    (volume_dir / "four.nii").unlink()
+    with pytest.raises(UserError, match=r"rows without a volume file .*\['four'\]"):
+        load("volumes", root=str(volume_dir), slices=4)
+    text = (volume_dir / "labels.csv").read_text().replace("four.nii,ad,S9\n", "")
+    (volume_dir / "labels.csv").write_text(text)
+    with pytest.raises(UserError, match="fewer than slices = 99"):
+        load("volumes", root=str(volume_dir), slices=99)
+
+
+def test_external_test_set_and_class_mismatch(volume_dir, tmp_path, tiny_npz):
+    ds = load("volumes", root=str(volume_dir), slices=3)
+    import shutil
+
+    other = tmp_path / "hospital_b"
+    shutil.copytree(volume_dir, other)
+    for f in other.iterdir():  # another hospital: different scans of the same classes
+        if f.suffix in (".nii", ".gz", ".img"):
+            img = nib.load(str(f))
+            nib.save(type(img)(np.asarray(img.get_fdata(), np.float32)[::-1] * 0.5 + 7, np.eye(4)), str(f))
+    ext = lambda table: load(table["name"], **{k: v for k, v in table.items() if k != "name"})  # noqa: E731
+    protocol = Protocol.from_options({"split": "ratio", "ratios": [3, 1, 0], "test_on": {"name": "volumes", "root": str(other), "slices": 3}}, "t")
+    split, report = apply_protocol(ds, protocol, ext)
+    assert report.clean
+    assert all(g.startswith("external:") for g in split.groups[split.split == "test"])
+    assert len(split.labels[split.split == "test"]) == 8 * 3
+    assert set(split.split[:len(ds.labels)]) <= {"train", "val", "test"}
+    bad = Protocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t")
+    with pytest.raises(UserError, match="its classes .* differ from"):
+        apply_protocol(ds, bad, ext)
+
+
+def test_external_test_with_the_same_images_is_caught(tiny_npz):
+    ds = load("medmnist_npz", path=str(tiny_npz))
+    ext = lambda table: load("medmnist_npz", path=table["path"])  # noqa: E731
+    _, report = apply_protocol(ds, Protocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t"), ext)
+    assert len(report.duplicates) >= 12  # every external test image is also in train/val
+
+
+def test_augment_before_split_is_flagged(tiny_npz):
+    ds = load("medmnist_npz", path=str(tiny_npz))
+    split, report = apply_protocol(ds, Protocol.from_options({"augment_before_split": 2}, "t"), augment=augment_array)
+    assert len(split.labels) == 3 * len(ds.labels) and split.split_source == "made"
+    assert report.subjects and any("before splitting" in p for p in report.protocol)
+
+
+def test_augmentation_changes_images_but_not_size():
+    rng = np.random.default_rng(0)
+    image = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    out = augment_array(image, rng)
+    assert out.shape == image.shape and not np.array_equal(out, image)
+    batch = resize_images([image, image], 32)
+    aug = augment_batch(batch, torch.Generator().manual_seed(0))
+    assert aug.shape == batch.shape and aug.dtype == torch.uint8 and not torch.equal(aug, batch)
+    again = augment_batch(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(aug, again)  # seeded
+
+
+def test_offline_copies_only_for_the_training_split(tiny_dataset):
+    plain = DataCache().get(tiny_dataset, 32)
+    copied = DataCache().get(tiny_dataset, 32, copies=3, seed=1)
+    assert len(copied["train"].labels) == 4 * len(plain["train"].labels)
+    assert torch.equal(copied["train"].images[: len(plain["train"].labels)], plain["train"].images)
+    for s in ("val", "test"):
+        assert torch.equal(copied[s].images, plain[s].images)
+
+
+def test_pad_keeps_aspect_ratio():
+    wide = np.full((10, 40), 255, dtype=np.uint8)
+    padded = resize_images([wide], 40, "pad")[0]
+    assert padded[:, :10].max() == 0 and padded[:, 18:22].min() == 255  # black bars above and below
+    stretched = resize_images([wide], 40, "stretch")[0]
+    assert stretched.min() == 255
+
+
+def test_balanced_loss_and_sampler_run(tiny_dataset):
+    from freezebench.backbone import WeightsRequest
+    from freezebench.trial import TrialConfig, run_trial
+
+    for balance in ("loss", "sampler"):
+        cfg = TrialConfig(strategy="linear_probe", lr=0.01, epochs=1, batch_size=8, image_size=32, balance=balance, augment="online")
+        result = run_trial(cfg, tiny_dataset, registry.backbones().get("mobilenetv2_100"), WeightsRequest(False),
+                           registry.strategies().get("linear_probe"))
+        assert result.outcome.best_epoch == 1
+
+
+def test_suite_skips_missing_data_blocks_leaks_and_flags_allowed(tmp_path, tiny_npz, cli):
+    config = write_suite(tmp_path / "b.toml", tiny_npz, strategy='"linear_probe"', n_trials=1,
+                         extra=f'data_root = "{tmp_path / "nodata"}"\n')
+    text = config.read_text().replace(
+        'datasets = [{ name = "medmnist_npz"',
+        'datasets = ["brain_tumor_mri", { name = "medmnist_npz", augment_before_split = 1')
+    config.write_text(text)
+    results = tmp_path / "results"
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    err = " ".join(err.split())
+    assert code == 2 and "leak audit of 'tinybreast'" in err and "--allow-leaks" in err and not results.exists()
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), "--allow-leaks")
+    out = " ".join(out.split())
+    assert code == 0
+    assert "Skipping dataset brain_tumor_mri: folder" in out and "nodata/brain-tumor-mri not found" in out
+    assert "Leak audit tinybreast" in out and "allowed, and flagged on every run" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
+    assert run.data.tags["freezebench.leaks_allowed"] == "true"
+    assert "before splitting" in run.data.tags["freezebench.leaks"]
