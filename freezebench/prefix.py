@@ -1,0 +1,155 @@
+"""Frozen-prefix caching: run the never-trained first units once per image, train the rest.
+
+A backbone is split into a sequence of steps (its top-level modules in execution order, with
+sequential containers expanded). The split is trusted only after checking, on a random input,
+that the steps reproduce the model's logits. A trial can cache when its plan keeps a prefix
+of units frozen for the whole trial, the prefix has nothing stochastic or batch-dependent in
+train mode (BatchNorm in inference mode, no active dropout or drop-path), and the inputs are
+deterministic (no online augmentation). The cut is the last step made only of those units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .strategy import FreezePlan
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+@dataclass
+class Decomposition:
+    steps: list[tuple[str, nn.Module]]  # (name, module) in execution order
+    reason: str = ""  # why the model cannot be decomposed ("" when it can)
+
+
+def _execution_order(model: nn.Module, input_size: int) -> list[str]:
+    """Top-level children, and the children of sequential top-level containers, as they run."""
+    order: list[str] = []
+    hooks = []
+    for name, child in model.named_children():
+        targets = list(child.named_children()) if isinstance(child, _CONTAINERS) else [("", child)]
+        for sub, module in targets:
+            full = f"{name}.{sub}" if sub else name
+            hooks.append(module.register_forward_pre_hook(lambda m, a, _n=full: order.append(_n)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
+class _FlattenIfNeeded(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1) if x.dim() > 2 else x
+
+
+def decompose(backbone: Backbone, input_size: int = 64) -> Decomposition:
+    model = backbone.model
+    try:
+        order = _execution_order(model, input_size)
+    except Exception as exc:  # noqa: BLE001 - any failure just means "no caching"
+        return Decomposition([], f"tracing failed: {exc}")
+    if len(order) != len(set(order)):
+        return Decomposition([], "a module runs more than once")
+    steps: list[tuple[str, nn.Module]] = []
+    for name in order:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear) and steps and not any(isinstance(m, _FlattenIfNeeded) for _, m in steps):
+            steps.append(("flatten", _FlattenIfNeeded()))  # torch.flatten called in forward()
+        steps.append((name, module))
+    x = torch.randn(2, 3, input_size, input_size)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            expected = model(x)
+            got = x
+            for _, module in steps:
+                got = module(got)
+    except Exception as exc:  # noqa: BLE001
+        return Decomposition([], f"the module sequence does not run: {type(exc).__name__}")
+    finally:
+        model.train(was_training)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        return Decomposition([], "the module sequence does not reproduce the model's output")
+    return Decomposition(steps)
+
+
+def _stochastic(module: nn.Module) -> bool:
+    for m in module.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            return True
+        if type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0) > 0:
+            return True
+    return False
+
+
+def cut_point(backbone: Backbone, plan: FreezePlan, decomposition: Decomposition, *, online_augment: bool) -> tuple[int, str]:
+    """Number of leading steps that can be cached (0: none), and why not when 0."""
+    if decomposition.reason:
+        return 0, decomposition.reason
+    if online_augment:
+        return 0, "online augmentation makes every epoch's inputs different"
+    if plan.bn_policy == "train":
+        return 0, "bn_policy 'train' updates BatchNorm statistics in the frozen units"
+    if plan.param_filter != "all" or plan.l2_sp:
+        return 0, "every unit trains (BitFit / L2-SP)"
+    frozen: set[str] = set()
+    for unit in backbone.units:  # the leading units frozen for the whole trial
+        if unit.name not in plan.never_trained:
+            break
+        frozen.update(unit.params)
+    head = set(backbone.head.params)
+    cut = 0
+    for i, (_, module) in enumerate(decomposition.steps):
+        names = {n for n, p in backbone.model.named_parameters() if any(p is q for q in module.parameters())}
+        if names & head or (names and not names <= frozen) or _stochastic(module):
+            break
+        cut = i + 1
+    if cut and not any(True for _, m in decomposition.steps[:cut] for _ in m.parameters()):
+        return 0, "no frozen layer before the first trainable one"
+    return cut, "" if cut else "the first unit trains"
+
+
+class CachedSuffix(nn.Module):
+    """The steps after the cut: the model a cached trial trains, on prefix features."""
+
+    def __init__(self, steps: list[tuple[str, nn.Module]]):
+        super().__init__()
+        self.steps = nn.ModuleList(m for _, m in steps)
+
+    def forward(self, x):
+        for module in self.steps:
+            x = module(x)
+        return x
+
+
+@torch.no_grad()
+def prefix_features(steps: list[tuple[str, nn.Module]], images: torch.Tensor, normalize, batch_size: int = 64,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Run the cached steps once over uint8 images (in inference mode)."""
+    modules = [m for _, m in steps]
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size])
+            for m in modules:
+                x = m(x)
+            out.append(x.to(dtype))
+        return torch.cat(out)
+    finally:
+        for m, state in zip(modules, states):
+            m.train(state)
