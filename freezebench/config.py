@@ -117,6 +117,9 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "augment_copies": (int, _positive, "an integer >= 1 (offline copies per training image)"),
     "balance": (str, ("none", "loss", "sampler"), "'none', 'loss' or 'sampler'"),
     "resize_mode": (str, RESIZE_MODES, "'stretch' or 'pad'"),
+    "cache": (str, ("auto", "off"), "'auto' or 'off'"),
+    "cache_dtype": (str, ("float32", "float16"), "'float32' or 'float16'"),
+    "cache_limit_mb": (int, _positive, "an integer >= 1 (MB)"),
 }
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params", "data_root"}
 

@@ -67,7 +67,8 @@ def decompose(backbone: Backbone, input_size: int = 64) -> Decomposition:
         if isinstance(module, nn.Linear) and steps and not any(isinstance(m, _FlattenIfNeeded) for _, m in steps):
             steps.append(("flatten", _FlattenIfNeeded()))  # torch.flatten called in forward()
         steps.append((name, module))
-    x = torch.randn(2, 3, input_size, input_size)
+    # its own generator: checking must not move the global RNG that dropout in training draws from
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     was_training = model.training
     try:
         model.eval()

@@ -321,7 +321,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             trial.set_user_attr("fail_reason", reason)
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
-        tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-"})
+        tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-",
+                                              "freezebench.prefix_cache": result.prefix_cache})
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)

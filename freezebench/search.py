@@ -36,6 +36,9 @@ TRIAL_DEFAULTS = {
     "augment_copies": 4,
     "balance": "none",
     "resize_mode": "stretch",
+    "cache": "auto",
+    "cache_dtype": "float32",
+    "cache_limit_mb": 2048,
 }
 
 

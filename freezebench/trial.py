@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from .augment import augment_batch
 from .backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
@@ -16,6 +17,7 @@ from .errors import UserError
 from .freeze import apply_plan, param_groups
 from .preprocess import Normalizer, resize_images
 from .phases import PlanExecutor
+from .prefix import CachedSuffix, cut_point, decompose, prefix_features
 from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
 from .heads import with_head
@@ -50,6 +52,9 @@ class TrialConfig:
     augment_copies: int = 4
     balance: str = "none"
     resize_mode: str = "stretch"
+    cache: str = "auto"
+    cache_dtype: str = "float32"
+    cache_limit_mb: int = 2048
     metric: str = "f1"
     strategy_params: dict[str, Any] = field(default_factory=dict)
 
@@ -71,15 +76,21 @@ class TrialResult:
     wall_seconds: float
     outcome: TrainOutcome
     events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
+    prefix_cache: str = "off"  # what the frozen-prefix cache did, and why
 
 
 class DataCache:
-    """Resized uint8 tensors per (dataset, size, resize mode, offline augmentation), shared by the
-    trials of a study. Offline augmentation adds ``copies`` fixed augmented copies of the training
-    split only, made after splitting (so no copy of a test image reaches training)."""
+    """Per-study memory of preprocessed data, shared by the trials of a study.
+
+    ``get``: resized uint8 tensors per (dataset, size, resize mode, offline augmentation); offline
+    augmentation adds ``copies`` fixed augmented copies of the training split only, made after
+    splitting (so no copy of a test image reaches training). ``features``: outputs of a frozen
+    prefix, per (weights, cut, data), kept within a memory limit (oldest evicted first).
+    """
 
     def __init__(self):
         self._store: dict[tuple, dict[str, SplitTensors]] = {}
+        self._features: dict[tuple, dict[str, SplitTensors]] = {}
 
     def get(self, dataset: ImageDataset, size: int, resize_mode: str = "stretch", copies: int = 0, seed: int = 0) -> dict[str, SplitTensors]:
         key = (id(dataset), size, resize_mode, copies, seed if copies else 0)
@@ -93,6 +104,38 @@ class DataCache:
                 splits["train"] = SplitTensors(torch.cat([train.images, *extra]), train.labels.repeat(copies + 1))
             self._store[key] = splits
         return self._store[key]
+
+    def features(self, key: tuple, compute: Callable[[], dict[str, SplitTensors]], limit_bytes: int) -> dict[str, SplitTensors]:
+        if key not in self._features:
+            self._features[key] = compute()
+            while len(self._features) > 1 and self.feature_bytes() > limit_bytes:
+                del self._features[next(iter(self._features))]
+        return self._features[key]
+
+    def feature_bytes(self) -> int:
+        return sum(t.images.numel() * t.images.element_size() for f in self._features.values() for t in f.values())
+
+
+def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: dict[str, SplitTensors]):
+    """(all steps, number of steps to cache, note); 0 steps when the trial trains the whole model."""
+    if cfg.cache == "off":
+        return [], 0, "off: cache = 'off'"
+    decomposition = decompose(backbone, cfg.image_size)
+    cut, why = cut_point(backbone, plan, decomposition, online_augment=cfg.augment == "online")
+    steps = decomposition.steps
+    if not cut:
+        return steps, 0, f"off: {why}"
+    with torch.no_grad():
+        probe = Normalizer(backbone.mean, backbone.std)(data["train"].images[:1])
+        for _, m in steps[:cut]:
+            m.eval()
+            probe = m(probe)
+    per_image = probe.numel() * (2 if cfg.cache_dtype == "float16" else 4)
+    total = per_image * sum(len(t.labels) for t in data.values())
+    if total > cfg.cache_limit_mb * 2**20:
+        return steps, 0, (f"off: the features after {steps[cut - 1][0]} would take {total / 2**20:.0f} MB, "
+                          f"over cache_limit_mb = {cfg.cache_limit_mb}")
+    return steps, cut, f"on: {cut} steps up to {steps[cut - 1][0]}, features {tuple(probe.shape[1:])} {cfg.cache_dtype}"
 
 
 def parse_window(value: Any, units: list[str], backbone: str) -> tuple[int, int]:
@@ -177,14 +220,28 @@ def fit(
     executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                             schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
     copies = cfg.augment_copies if cfg.augment == "offline" else 0
-    data = (cache or DataCache()).get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
+    cache = cache or DataCache()
+    data = cache.get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
+    norm = Normalizer(backbone.mean, backbone.std)
+    model: nn.Module = backbone.model
+    steps, cut, note = _cache_plan(cfg, backbone, plan, data)
+    if cut:
+        prefix = steps[:cut]
+        dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+        weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
+        key = (backbone.name, weights_key, cfg.head, tuple(n for n, _ in prefix), id(dataset), cfg.image_size,
+               cfg.resize_mode, copies, cfg.seed if copies else 0, cfg.cache_dtype)
+        data = cache.features(key, lambda: {s: SplitTensors(prefix_features(prefix, t.images, norm, dtype=dtype), t.labels)
+                                            for s, t in data.items()}, cfg.cache_limit_mb * 2**20)
+        model = CachedSuffix(steps[cut:])
+        norm = _as_float
     outcome = train(
-        backbone.model,
+        model,
         optimizer,
         data["train"],
         data["val"],
         data["test"],
-        Normalizer(backbone.mean, backbone.std),
+        norm,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -206,7 +263,12 @@ def fit(
         wall_seconds=time.perf_counter() - start,
         outcome=outcome,
         events=executor.events,
+        prefix_cache=note,
     )
+
+
+def _as_float(features: torch.Tensor) -> torch.Tensor:
+    return features.float()
 
 
 def run_trial(

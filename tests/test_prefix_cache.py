@@ -1,0 +1,78 @@
+"""Frozen-prefix caching: the same results as computing the frozen layers every epoch, computed
+once per (weights, cut, data), and switched off, with the reason, whenever it would not be exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from freezebench import registry
+from freezebench.backbone import WeightsRequest
+from freezebench.prefix import decompose
+from freezebench.trial import DataCache, TrialConfig, run_trial
+
+
+def trial(dataset, backbone="mobilenetv2_100", strategy="freeze_to", data_cache=None, pretrained=True, **kw):
+    params = kw.pop("strategy_params", {"k": 4} if strategy == "freeze_to" else {})
+    kw = {"lr": 0.005, "epochs": 2, "batch_size": 8, "image_size": 32, **kw}
+    cfg = TrialConfig(strategy=strategy, strategy_params=params, **kw)
+    return run_trial(cfg, dataset, registry.backbones().get(backbone), WeightsRequest(pretrained),
+                     registry.strategies().get(strategy), data_cache or DataCache())
+
+
+@pytest.mark.parametrize("backbone,strategy,params", [
+    ("mobilenetv2_100", "linear_probe", {}),
+    ("mobilenetv2_100", "freeze_to", {"k": 4}),
+    ("resnet18", "freeze_to", {"k": 3}),
+    ("tv_alexnet", "train_window", {"window": "conv4..fc7"}),
+])
+def test_cached_and_uncached_trials_agree(tiny_dataset, backbone, strategy, params):
+    size = {"image_size": 64} if backbone == "tv_alexnet" else {}
+    on = trial(tiny_dataset, backbone, strategy, strategy_params=params, pretrained=backbone != "resnet18" and backbone != "tv_alexnet", **size)
+    off = trial(tiny_dataset, backbone, strategy, strategy_params=params, cache="off", pretrained=backbone != "resnet18" and backbone != "tv_alexnet", **size)
+    assert on.prefix_cache.startswith("on:") and off.prefix_cache == "off: cache = 'off'"
+    for split in ("best_val", "test"):
+        a, b = getattr(on.outcome, split), getattr(off.outcome, split)
+        for metric in a:
+            assert a[metric] == pytest.approx(b[metric], rel=1e-4, abs=1e-5), (split, metric)
+    assert on.outcome.history[-1]["train_loss"] == pytest.approx(off.outcome.history[-1]["train_loss"], rel=1e-4)
+    assert on.trainable_params == off.trainable_params
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"augment": "online"}, "online augmentation"),
+    ({"bn_policy": "train"}, "bn_policy 'train'"),
+    ({"strategy": "bitfit"}, "every unit trains"),
+    ({"strategy": "full"}, "the first unit trains"),
+    ({"strategy_params": {"k": 0}}, "the first unit trains"),
+    ({"cache_limit_mb": 1, "strategy_params": {"k": 1}}, "over cache_limit_mb = 1"),
+])
+def test_cache_is_off_with_its_reason(tiny_dataset, kw, reason):
+    result = trial(tiny_dataset, **kw)
+    assert result.prefix_cache.startswith("off:") and reason in result.prefix_cache
+
+
+def test_features_are_computed_once_per_prefix(tiny_dataset, monkeypatch):
+    import freezebench.trial as trial_mod
+
+    calls = []
+    real = trial_mod.prefix_features
+    monkeypatch.setattr(trial_mod, "prefix_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = DataCache()
+    for lr in (0.001, 0.01, 0.1):  # an LR sweep at one freeze point
+        trial(tiny_dataset, data_cache=cache, lr=lr, epochs=1)
+    assert len(calls) == 3  # train, val, test: once for all three trials
+    trial(tiny_dataset, data_cache=cache, strategy_params={"k": 5})
+    assert len(calls) == 6  # a new freeze point: a new prefix
+
+
+def test_fp16_features_stay_close(tiny_dataset):
+    full = trial(tiny_dataset, strategy="linear_probe")
+    half = trial(tiny_dataset, strategy="linear_probe", cache_dtype="float16")
+    assert "float16" in half.prefix_cache
+    assert half.outcome.test["accuracy"] == pytest.approx(full.outcome.test["accuracy"], abs=0.1)
+
+
+def test_undecomposable_model_says_why():
+    b = registry.backbones().get("tv_mobilenet_v2").build(2, WeightsRequest(False))
+    assert "does not run" in decompose(b, 64).reason  # its forward() pools with a function call
+    assert decompose(b, 32).reason == ""  # ... which a 1x1 feature map makes a plain flatten: checked, so usable
