@@ -72,6 +72,9 @@ class Suite:
     seed: int = 0
     description: str = ""
     data_root: str | None = None
+    prune_on: str = "loss"
+    confirm_top: int = 0
+    confirm_seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "cache_dtype": (str, ("float32", "float16"), "'float32' or 'float16'"),
     "cache_limit_mb": (int, _positive, "an integer >= 1 (MB)"),
 }
-SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "seed", "params", "data_root"}
+SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
+              "params", "data_root", "confirm"}
 
 
 def default_config_path() -> Path:
@@ -196,7 +200,7 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         ctx.fail(f"{key}.seed", f"must be an integer >= 0, got {seed!r}")
-    for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+    for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS), ("prune_on", ("loss", "metric"))):
         if k in raw and raw[k] not in allowed:
             ctx.fail(f"{key}.{k}", f"must be one of {', '.join(allowed)}; got {raw[k]!r}")
     params = raw.get("params", {})
@@ -222,7 +226,23 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         pruner=raw.get("pruner", "none"),
         seed=seed,
         data_root=_optional_str(ctx, f"{key}.data_root", raw.get("data_root")),
+        prune_on=raw.get("prune_on", "loss"),
+        **_confirm(ctx, f"{key}.confirm", raw.get("confirm")),
     )
+
+
+def _confirm(ctx: _Ctx, key: str, value) -> dict:
+    """confirm = { top = 3, seeds = [1, 2, 3] }: re-run the best trials with other seeds."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"top", "seeds"}:
+        ctx.fail(key, "must be a table { top = N, seeds = [...] }")
+    top, seeds = value.get("top", 3), value.get("seeds", [1, 2])
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        ctx.fail(f"{key}.top", f"must be an integer >= 1, got {top!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds):
+        ctx.fail(f"{key}.seeds", f"must be a list of integers >= 0, got {seeds!r}")
+    return {"confirm_top": top, "confirm_seeds": tuple(seeds)}
 
 
 def _optional_str(ctx: _Ctx, key: str, value):

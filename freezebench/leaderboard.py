@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import UserError
 from .metrics import HIGHER_IS_BETTER, METRICS
 from .tracking import TAG, Tracker
@@ -43,7 +45,17 @@ def _typed(value: str | None):
     return value
 
 
-def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None) -> list[dict]:
+def _spread(client, exp_id: str, runs) -> dict[str, list[dict]]:
+    """Confirmation runs (other seeds) of each trial run, by the trial's run id."""
+    found = client.search_runs([exp_id], f"tags.`{TAG}.role` = 'confirm' and attributes.status = 'FINISHED'", max_results=5000)
+    out: dict[str, list[dict]] = {}
+    for r in found:
+        out.setdefault(r.data.tags.get(f"{TAG}.confirm_of", ""), []).append(r.data.metrics)
+    return out
+
+
+def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None,
+                group_by: str | None = None) -> list[dict]:
     if metric not in METRICS:
         raise UserError(f"Unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     client = tracker.client
@@ -67,11 +79,13 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
         token = page.token
         if not token or (limit and len(runs) >= limit):
             break
+    confirms = _spread(client, exp.experiment_id, runs)
     rows = []
     for run in runs:
         m, p, t = run.data.metrics, run.data.params, run.data.tags
         if f"best_val_{metric}" not in m:
             continue
+        seeds = [m] + confirms.get(run.info.run_id, [])
         rows.append(
             {
                 "rank": len(rows) + 1,
@@ -85,7 +99,44 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
                 **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "f1", "auc")},
                 "trainable_params": int(m.get("trainable_params", 0)),
                 "wall_time_s": m.get("wall_time_s"),
+                "seeds": len(seeds),
+                **{f"{k}_mean": float(np.mean([s[k] for s in seeds if k in s])) for k in (f"best_val_{metric}", "test_f1", "test_auc", "test_accuracy") if any(k in s for s in seeds)},
+                **{f"{k}_std": float(np.std([s[k] for s in seeds if k in s])) for k in (f"best_val_{metric}", "test_f1", "test_auc", "test_accuracy") if sum(k in s for s in seeds) > 1},
                 "run_id": run.info.run_id,
             }
         )
+    if group_by:
+        if group_by not in ("strategy", "backbone"):
+            raise UserError(f"--group-by must be 'strategy' or 'backbone', not {group_by!r}")
+        best: dict[str, dict] = {}
+        for r in rows:  # rows are ranked: the first of each group is its best
+            best.setdefault(str(r[group_by]), r)
+        rows = [dict(r, rank=i + 1) for i, r in enumerate(best.values())]
     return rows[:limit] if limit else rows
+
+
+def to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    if rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
+    head = f"# Leaderboard: {dataset}\n\nTrials ranked by their best validation {metric}; test metrics at that epoch.\n\n"
+    lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test f1 | test auc | trained params |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        f1 = fmt(r.get("test_f1"))
+        if "test_f1_std" in r:
+            f1 = f"{r['test_f1_mean']:.4f} ± {r['test_f1_std']:.4f} ({r['seeds']} seeds)"
+        lines.append(f"| {r['rank']} | {r['study']} | {r['strategy']} | {r['strategy_params']} | {r['lr']:.2e} | "
+                     f"{fmt(r.get(f'val_{metric}'))} | {fmt(r.get('test_accuracy'))} | {f1} | {fmt(r.get('test_auc'))} | {r['trainable_params']:,} |")
+    return head + "\n".join(lines) + "\n"

@@ -37,7 +37,15 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         location = f"{self.artifact_root}/{dataset}" if self.artifact_root else None
-        return self.client.create_experiment(dataset, artifact_location=location, tags={f"{TAG}.dataset": dataset})
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(dataset, artifact_location=location, tags={f"{TAG}.dataset": dataset})
+        except MlflowException:  # another worker created it a moment ago
+            exp = self.client.get_experiment_by_name(dataset)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def study_run(self, experiment_id: str, study: str, tags: dict[str, str], params: dict[str, Any]) -> str:
         """The study's parent run: reopened if this study ran before, created otherwise."""
@@ -54,13 +62,17 @@ class Tracker:
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def reopen(self, run_id: str) -> None:
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
     def start_trial(
-        self, experiment_id: str, parent_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+        self, experiment_id: str, parent_id: str, name: str, tags: dict[str, str], params: dict[str, Any], role: str = "trial"
     ) -> str:
         run = self.client.create_run(
             experiment_id,
             run_name=name,
-            tags={"mlflow.parentRunId": parent_id, f"{TAG}.role": "trial", f"{TAG}.state": "running", **tags},
+            tags={"mlflow.parentRunId": parent_id, f"{TAG}.role": role, f"{TAG}.state": "running", **tags},
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -97,18 +109,53 @@ class Tracker:
             metrics=[Metric(k, v, now, 0) for k, v in _finite(final).items()],
             tags=[RunTag(k, v) for k, v in {**tags, f"{TAG}.state": "complete"}.items()],
         )
+        self._log_params(run_id, {"weights_source": result.weights_source, "weights_sha256": result.weights_sha256 or "-",
+                                  "frozen_unit_names": ", ".join(result.plan.frozen) or "-"})
         self.client.log_dict(run_id, result.plan.as_dict() | {"units": result.units}, "freeze_plan.json")
         self.client.log_dict(run_id, result.config.as_flat_dict(), "trial_config.json")
         if result.events:
             self.client.log_dict(run_id, result.events, "unfreeze_events.json")
+        if out.test_probs is not None:
+            from .figures import log_test_figures
+
+            log_test_figures(self.client, run_id, out.test_labels, out.test_probs, result.class_names)
         self.client.set_terminated(run_id, "FINISHED")
 
-    def end_trial(self, run_id: str, state: str, reason: str = "") -> None:
-        """Close a trial that did not finish: state 'pruned' (KILLED) or 'failed' (FAILED)."""
+    def trial_config(self, run_id: str) -> dict[str, Any]:
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, "trial_config.json", tmp)
+            with open(path) as f:
+                return json.load(f)
+
+    def confirm_seeds_done(self, experiment_id: str, run_id: str) -> set[int]:
+        runs = self.client.search_runs([experiment_id], f"tags.`{TAG}.confirm_of` = '{run_id}' and attributes.status = 'FINISHED'")
+        return {int(r.data.params["seed"]) for r in runs}
+
+    def store_leaderboard(self, dataset: str, metric: str) -> None:
+        """Keep the dataset's leaderboard as artifacts of a 'leaderboard' run in its experiment."""
+        from .leaderboard import leaderboard, to_csv, to_markdown
+
+        exp_id = self.experiment_id(dataset)
+        rows = leaderboard(self, dataset, metric)
+        found = self.client.search_runs([exp_id], f"tags.`{TAG}.role` = 'leaderboard'", order_by=["attributes.start_time ASC"], max_results=1)
+        run_id = found[0].info.run_id if found else self.client.create_run(
+            exp_id, run_name=f"leaderboard: {dataset}", tags={f"{TAG}.role": "leaderboard", f"{TAG}.dataset": dataset}).info.run_id
+        self.client.log_text(run_id, to_csv(rows), "leaderboard.csv")
+        self.client.log_text(run_id, to_markdown(rows, metric, dataset), "leaderboard.md")
+        self.client.set_tag(run_id, "mlflow.note.content", to_markdown(rows[:20], metric, dataset))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def end_trial(self, run_id: str, state: str, reason: str = "", only_if_running: bool = False) -> None:
+        """Close a trial that did not finish: 'pruned' or 'interrupted' (KILLED), 'failed' (FAILED)."""
+        if only_if_running and self.client.get_run(run_id).info.status != "RUNNING":
+            return
         self.client.set_tag(run_id, f"{TAG}.state", state)
         if reason:
             self.client.set_tag(run_id, f"{TAG}.fail_reason", reason[:5000])
-        self.client.set_terminated(run_id, "KILLED" if state == "pruned" else "FAILED")
+        self.client.set_terminated(run_id, "FAILED" if state == "failed" else "KILLED")
 
     def finish_study(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
         from mlflow.entities import Metric, RunTag

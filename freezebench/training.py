@@ -37,6 +37,8 @@ class TrainOutcome:
     best_val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    test_probs: np.ndarray | None = None  # (N, C) at the selected epoch
+    test_labels: np.ndarray | None = None
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -48,17 +50,20 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) ->
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int) -> dict[str, float]:
+def predict(model: nn.Module, data: SplitTensors, norm, batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities (N, C) and the mean cross-entropy loss."""
     model.eval()
     probs, total = [], 0.0
     for start in range(0, len(data.labels), batch_size):
-        x = norm(data.images[start : start + batch_size])
-        y = data.labels[start : start + batch_size]
-        logits = model(x)
-        total += F.cross_entropy(logits, y, reduction="sum").item()
+        logits = model(norm(data.images[start : start + batch_size]))
+        total += F.cross_entropy(logits, data.labels[start : start + batch_size], reduction="sum").item()
         probs.append(torch.softmax(logits, dim=1))
-    p = torch.cat(probs).numpy().astype(np.float64)
-    return classification_metrics(data.labels.numpy(), p, total / len(data.labels))
+    return torch.cat(probs).numpy().astype(np.float64), total / len(data.labels)
+
+
+def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int) -> dict[str, float]:
+    probs, loss = predict(model, data, norm, batch_size)
+    return classification_metrics(data.labels.numpy(), probs, loss)
 
 
 def train(
@@ -137,5 +142,7 @@ def train(
         outcome.best_epoch, outcome.best_val = epochs, val
     else:
         model.load_state_dict(best_state)
-    outcome.test = evaluate(model, test_data, norm, batch_size)
+    probs, loss = predict(model, test_data, norm, batch_size)
+    outcome.test_probs, outcome.test_labels = probs, test_data.labels.numpy()
+    outcome.test = classification_metrics(outcome.test_labels, probs, loss)
     return outcome

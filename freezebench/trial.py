@@ -77,6 +77,7 @@ class TrialResult:
     outcome: TrainOutcome
     events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
     prefix_cache: str = "off"  # what the frozen-prefix cache did, and why
+    class_names: tuple[str, ...] = ()
 
 
 class DataCache:
@@ -264,6 +265,7 @@ def fit(
         outcome=outcome,
         events=executor.events,
         prefix_cache=note,
+        class_names=tuple(dataset.classes),
     )
 
 

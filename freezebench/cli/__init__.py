@@ -21,6 +21,7 @@ def _register_commands() -> None:
     from . import info, results, run
 
     cli.add_command(run.run)
+    cli.add_command(run.worker)
     cli.add_command(info.plugins_cmd)
     cli.add_command(info.list_cmd)
     cli.add_command(info.describe_cmd)

@@ -31,14 +31,16 @@ LEADERBOARD_COLUMNS = {
 }
 
 
-def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = None, limit: int | None = None) -> None:
+def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = None, limit: int | None = None,
+                      group_by: str | None = None) -> None:
     from rich import box
     from rich.table import Table
 
     from ..leaderboard import leaderboard
 
-    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit)
-    title = f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
+    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
+    title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
+             + (f", best per {group_by}" if group_by else ""))
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
@@ -51,7 +53,10 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         width = max([width] + [len(_fmt(c, r.get(c if c != "val" else f"val_{metric}"))) for r in rows])
         table.add_column(header, justify="left" if c in ("backbone", "strategy", "strategy_params") else "right", min_width=width)
     for r in rows:
-        table.add_row(*(_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols))
+        cells = [_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols]
+        if "test_f1_std" in r and "test_f1" in cols:  # confirmed over several seeds: mean ± spread
+            cells[list(cols).index("test_f1")] = f"{r['test_f1_mean']:.3f}±{r['test_f1_std']:.3f}"
+        table.add_row(*cells)
     console.print(table)
     if not rows:
         console.print(f"No finished trials for {dataset!r} yet.")
@@ -62,9 +67,10 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
 @click.option("--metric", default="f1", show_default=True, help="Rank by the best validation value of this metric.")
 @click.option("--suite", help="Only trials of this suite.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show the top N.")
+@click.option("--group-by", type=click.Choice(["strategy", "backbone"]), help="Only the best trial of each strategy or backbone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_options
-def leaderboard_cmd(dataset, metric, suite, limit, as_json, results_dir, storage, tracking_uri):
+def leaderboard_cmd(dataset, metric, suite, limit, group_by, as_json, results_dir, storage, tracking_uri):
     """Trials of DATASET ranked by their best validation metric, with test metrics."""
     from ..leaderboard import leaderboard
     from ..stores import Stores
@@ -75,9 +81,9 @@ def leaderboard_cmd(dataset, metric, suite, limit, as_json, results_dir, storage
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     if as_json:
-        print_json(leaderboard(tracker, dataset, metric, suite=suite, limit=limit))
+        print_json(leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by))
     else:
-        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit)
+        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
 
 
 def ui_command(stores, port: int) -> list[str]:

@@ -93,3 +93,44 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     for label in dict.fromkeys(s.dataset for s in summaries):
         print_leaderboard(tracker, label, metric, suite=suite, limit=10)
     console.print("Browse every run: [bold]freezebench ui[/]" + (f" --results-dir {results_dir}" if results_dir else ""))
+
+
+class LineReporter:
+    """Plain lines, for workers whose output goes to a log."""
+
+    def study_started(self, study, n_trials, n_done):
+        print(f"{study}: {n_done} of {n_trials} trials done", flush=True)
+
+    def trial_started(self, study, number, cfg):
+        print(f"{study}: trial {number} started ({cfg.strategy} lr={cfg.lr:.2g})", flush=True)
+
+    def epoch_done(self, epoch, record):
+        pass
+
+    def trial_ended(self, study, number, state, value, reason=""):
+        print(f"{study}: trial {number} {state} {'' if value is None else f'{value:.4f}'} {reason}".rstrip(), flush=True)
+
+    def study_ended(self, summary):
+        print(f"{summary.study}: {summary.counts}", flush=True)
+
+
+@click.command("worker")
+@click.option("--suite", required=True, help="Suite name from benchmarks.toml.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Benchmarks file (default: ./benchmarks.toml).")
+@click.option("--allow-leaks", is_flag=True, help="Run protocols the leak audit flags; runs are flagged.")
+@store_options
+def worker(suite, config_path, allow_leaks, results_dir, storage, tracking_uri):
+    """Work on SUITE's studies alongside other workers sharing --storage (an RDB) and --tracking-uri.
+
+    Every worker takes the next trial from the shared Optuna studies, so each trial runs once;
+    they stop when the suites' n_trials are reached.
+    """
+    from .. import registry
+    from ..config import load_config
+    from ..runner import prepare_suite, run_suite
+    from ..stores import Stores
+
+    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
+    prepared = prepare_suite(load_config(config_path, declared), suite, allow_leaks=allow_leaks)
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    run_suite(prepared, stores, LineReporter())

@@ -1,0 +1,186 @@
+"""Prepare a suite: check every name, option, file and unit, load the datasets, make their
+splits and audit them for leaks, all before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .augment import augment_array
+from .backbone import BackboneSpec, WeightsRequest
+from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
+from .dataset import ImageDataset
+from .errors import UserError
+from .leakage import LeakReport
+from .protocols import PROTOCOL_KEYS, Protocol, apply_protocol
+from .trial import parse_window
+from .units import with_granularity
+from .weights import is_url
+
+
+@dataclass
+class StudyPlan:
+    suite: Suite
+    dataset_ref: DatasetRef
+    dataset: ImageDataset
+    backbone_ref: BackboneRef
+    backbone: BackboneSpec
+    units: dict[str, list[str]]  # granularity -> unit names
+    protocol: Protocol = field(default_factory=Protocol)
+    leaks: LeakReport = field(default_factory=LeakReport)
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        fold = f"/fold{self.fold}" if self.fold is not None else ""
+        return f"{self.suite.name}/{self.dataset_ref.label}{fold}/{self.backbone_ref.name}"
+
+
+@dataclass
+class PreparedSuite:
+    """A suite with every name checked and every dataset loaded and split; nothing written yet."""
+
+    studies: list[StudyPlan]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
+    audits: list[tuple[str, LeakReport, bool]] = field(default_factory=list)  # (dataset, report, allowed)
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _is_path_option(key: str) -> bool:
+    return key in ("path", "root") or key.endswith(("_path", "_dir", "_root"))
+
+
+def data_root(suite: Suite, base: Path) -> Path | None:
+    """$FREEZEBENCH_DATA_ROOT, else the suite's data_root (relative to the config file)."""
+    env = os.environ.get("FREEZEBENCH_DATA_ROOT")
+    if env:
+        return Path(env).expanduser()
+    return Path(_resolve_path(suite.data_root, base)) if suite.data_root else None
+
+
+def _plugin_options(ref_name: str, options: dict[str, Any], where: str, base: Path, root: Path | None) -> tuple[Any, dict]:
+    if ref_name not in registry.datasets():
+        raise UserError(f"{where}: {registry.datasets().unknown_message(ref_name)}")
+    dspec = registry.datasets().get(ref_name)
+    plugin = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
+    bad = [k for k in plugin if k not in dspec.options]
+    if bad:
+        raise UserError(f"{where}: dataset {ref_name!r} has no option {bad[0]!r}; its options: {', '.join(dspec.options) or 'none'}.")
+    plugin = {k: _resolve_path(v, base) if _is_path_option(k) and isinstance(v, str) else v for k, v in plugin.items()}
+    if "root" in dspec.options and "root" not in plugin and dspec.data_subdir and root is not None:
+        plugin["root"] = str(root / dspec.data_subdir)
+    return dspec, plugin
+
+
+def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) -> PreparedSuite:
+    """Check every name, option and file of a suite; load, split and audit its datasets. Writes nothing."""
+    suite = config.suite(suite_name)
+    base = config.path.resolve().parent
+    where = f"{config.path}: suites.{suite_name}"
+    strategies = registry.strategies()
+    spec = suite.params["strategy"]
+    names = spec.values if isinstance(spec, Choice) else (spec,)
+    for name in names:
+        if name not in strategies:
+            raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
+    root = data_root(suite, base)
+    prepared = PreparedSuite([])
+
+    datasets = []
+    for i, ref in enumerate(suite.datasets):
+        key = f"{where}.datasets[{i}]"
+        protocol = Protocol.from_options({k: v for k, v in ref.options.items() if k in PROTOCOL_KEYS}, key)
+        dspec, options = _plugin_options(ref.name, ref.options, key, base, root)
+        missing = dspec.available(**options) if dspec.available else None
+        if missing:
+            prepared.skipped.append((ref.label, missing))
+            continue
+
+        def load_external(table: dict, _key=key) -> ImageDataset:
+            espec, eopts = _plugin_options(table["name"], {k: v for k, v in table.items() if k != "name"}, f"{_key}.test_on", base, root)
+            return espec.load(**eopts)
+
+        dataset = dspec.load(**options)
+        folds = range(protocol.folds) if protocol.split == "kfold" and protocol.fold is None else [protocol.fold]
+        for fold in folds:
+            p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
+            split, report = apply_protocol(dataset, p, load_external, augment_array)
+            allowed = allow_leaks or protocol.allow_leaks
+            blocking = report.subjects or report.protocol or (report.duplicates and split.split_source != "given")
+            label = ref.label + (f"/fold{fold}" if fold is not None and protocol.split == "kfold" else "")
+            if blocking and not allowed:
+                raise UserError(
+                    f"{key}: leak audit of {label!r}: {report.summary()}. Fix the data or the protocol, or set "
+                    "allow_leaks = true for this dataset (or pass --allow-leaks) to reproduce it on purpose; "
+                    "the runs are then flagged."
+                )
+            if not report.clean:
+                report.allowed = bool(blocking and allowed)
+                prepared.audits.append((label, report, bool(allowed)))
+            datasets.append((ref, split, p, report, fold if protocol.split == "kfold" else None))
+
+    backbones = []
+    for ref in suite.backbones:
+        if ref.name not in registry.backbones():
+            raise UserError(f"{where}.backbones: {registry.backbones().unknown_message(ref.name)}")
+        if ref.weights and not is_url(ref.weights):
+            ref = BackboneRef(ref.name, _resolve_path(ref.weights, base), ref.sha256)
+            if not Path(ref.weights).is_file():
+                raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")
+        bspec = registry.backbones().get(ref.name)
+        skeleton = bspec.build(2, WeightsRequest(pretrained=False))
+        units = {}
+        for granularity in _values(suite.params.get("granularity", "block")):
+            units[granularity] = with_granularity(skeleton, granularity).unit_names()
+            _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, granularity, units[granularity])
+        backbones.append((ref, bspec, units))
+
+    prepared.studies = [
+        StudyPlan(suite, dref, ds, bref, bspec, units, protocol, report, fold)
+        for dref, ds, protocol, report, fold in datasets
+        for bref, bspec, units in backbones
+    ]
+    if not prepared.studies:
+        why = "; ".join(f"{name}: {reason}" for name, reason in prepared.skipped)
+        raise UserError(f"{where}: no dataset of this suite is available ({why}). Set data_root in the suite, "
+                        "or FREEZEBENCH_DATA_ROOT, to the folder that holds the datasets.")
+    return prepared
+
+
+def _values(spec) -> tuple:
+    if isinstance(spec, Choice):
+        return spec.values
+    if isinstance(spec, Range):
+        return (spec.low, spec.high)
+    return (spec,)
+
+
+def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, granularity: str, units: list[str]) -> None:
+    """Fixed or listed unit/window values must exist for this backbone (searched ones are drawn in range)."""
+    n = len(units)
+    for strategy in strategies:
+        for p in strategy.params:
+            if p.name not in suite.params:
+                continue
+            key = f"{where}.params.{p.name}"
+            for v in _values(suite.params[p.name]):
+                if v is None:  # an open range bound
+                    continue
+                if p.kind == "unit" and (not isinstance(v, int) or isinstance(v, bool) or not -n <= v <= n):
+                    raise UserError(
+                        f"{key}: {v!r} is not a unit index for backbone {backbone!r} ({granularity} units): "
+                        f"use 0..{n} (or -{n}..-1 counted from the end); its {n} units are: {', '.join(units)}"
+                    )
+                if p.kind == "window":
+                    try:
+                        parse_window(v, units, backbone)
+                    except UserError as exc:
+                        raise UserError(f"{key}: {exc}") from None

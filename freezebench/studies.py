@@ -1,0 +1,92 @@
+"""Optuna studies shared safely by one or many processes: heartbeats (a killed trial is failed
+and run again), one parent MLflow run per study (made by the process that creates the study),
+and counting which trials are finished."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import warnings
+
+import optuna
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds: a RUNNING trial without a heartbeat for `grace` is stale."""
+    grace = int(os.environ.get("FREEZEBENCH_HEARTBEAT_GRACE", "60"))
+    return max(1, min(10, grace // 3)), grace
+
+
+def storage(url: str) -> optuna.storages.BaseStorage:
+    from .errors import UserError
+
+    interval, grace = heartbeat_settings()
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=grace, engine_kwargs=engine)
+        except ImportError as exc:
+            hint = ' (pip install "freezebench[postgres]")' if url.startswith("postgres") else ""
+            raise UserError(f"No database driver for the Optuna storage {url.split('@')[-1]}: {exc.__cause__ or exc}{hint}.") from None
+        except Exception as exc:  # another worker creating the schema right now; or unreachable, bad credentials
+            if attempt == 4:
+                raise UserError(f"Cannot open the Optuna storage {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from None
+            time.sleep(1 + attempt)
+
+
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete, pruned, or failed for a recorded reason; an interrupted or killed trial is run again."""
+    name = trial.state.name
+    return name in ("COMPLETE", "PRUNED") or (name == "FAIL" and "fail_reason" in trial.user_attrs)
+
+
+def open_study(name: str, url: str, sampler, pruner, direction: str, make_parent: Callable[[], str],
+               timeout: float = 120.0) -> tuple[optuna.Study, str]:
+    """Create or load the study, and its parent run id.
+
+    Only the process whose ``create_study`` succeeds makes the parent run and records its id on the
+    study; the others wait for that id, so concurrent workers never make two parent runs.
+    """
+    store = storage(url)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, sampler=sampler, pruner=pruner, direction=direction)
+        creator = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=store, sampler=sampler, pruner=pruner)
+        creator = False
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent is None and creator:
+        parent = make_parent()
+        study.set_user_attr(PARENT_ATTR, parent)
+    deadline = time.time() + timeout
+    while parent is None:
+        if time.time() > deadline:  # the creator died before recording it
+            parent = make_parent()
+            study.set_user_attr(PARENT_ATTR, parent)
+            break
+        time.sleep(0.5)
+        parent = optuna.load_study(study_name=name, storage=store).user_attrs.get(PARENT_ATTR)
+    return study, parent
+
+
+def fail_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail RUNNING trials whose process stopped beating (killed, even with kill -9); return them."""
+    optuna.storages.fail_stale_trials(study)
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL" and "fail_reason" not in t.user_attrs]
+
+
+class StopAtTrials:
+    """Stop a worker once ``n`` trials are finished or running, across every process on the study."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if sum(is_finished(t) or t.state.name == "RUNNING" for t in trials) >= self.n:
+            study.stop()
