@@ -73,7 +73,8 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [exp.experiment_id], query, order_by=[f"metrics.best_val_{metric} {order}"], max_results=1000, page_token=token
+            [exp.experiment_id], query, order_by=[f"metrics.best_val_{metric} {order}", "attributes.start_time ASC"],
+            max_results=1000, page_token=token,  # ties: the earlier trial first
         )
         runs.extend(page)
         token = page.token

@@ -166,3 +166,80 @@ def test_interrupted_trial_is_run_again_on_resume(tmp_path, tiny_npz, cli, monke
     statuses = sorted(r.info.status for r in _trial_runs(client, exp_id))
     assert statuses == ["FAILED", "FINISHED", "FINISHED"]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_trial_runs_record_weights_versions_and_figures(finished_suite):
+    _, results, _ = finished_suite
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    run = _trial_runs(client, exp.experiment_id)[0]
+    assert run.data.params["weights_sha256"] == "545799184f77823ee74e8527002cd9eeda45142333be07690d73473fa5a3243f"
+    assert run.data.params["weights_source"] == "shipped:mobilenetv2_100.imagenet.safetensors"
+    import timm
+    import torch
+
+    assert run.data.tags["freezebench.torch_version"] == torch.__version__.split("+")[0] or run.data.tags["freezebench.torch_version"] == torch.__version__
+    assert run.data.tags["freezebench.timm_version"] == timm.__version__ and run.data.tags["freezebench.version"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"test_confusion_matrix.json", "test_confusion_matrix.png", "test_roc.png"} <= artifacts
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        matrix = json.load(open(client.download_artifacts(run.info.run_id, "test_confusion_matrix.json", tmp)))
+        png = client.download_artifacts(run.info.run_id, "test_roc.png", tmp)
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sum(map(sum, matrix["matrix"])) == 12 and matrix["classes"] == ["0", "1"]
+    correct = matrix["matrix"][0][0] + matrix["matrix"][1][1]
+    assert correct / 12 == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def test_leaderboard_is_stored_with_the_experiment(finished_suite):
+    _, results, _ = finished_suite
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    boards = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'leaderboard'")
+    assert len(boards) == 1
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_text = open(client.download_artifacts(boards[0].info.run_id, "leaderboard.csv", tmp)).read()
+        md = open(client.download_artifacts(boards[0].info.run_id, "leaderboard.md", tmp)).read()
+    assert csv_text.splitlines()[0].startswith("rank,run_name,study,backbone,strategy")
+    assert len(csv_text.splitlines()) == 1 + len(_trial_runs(client, exp.experiment_id))
+    assert md.startswith("# Leaderboard: tinybreast") and "| 1 |" in md
+    assert "Leaderboard: tinybreast" in boards[0].data.tags["mlflow.note.content"]  # shown on the run's page
+
+
+def test_leaderboard_group_by_strategy(finished_suite, cli):
+    _, results, _ = finished_suite
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--group-by", "strategy", "--json")
+    rows = json.loads(out)
+    strategies = [r["strategy"] for r in rows]
+    assert len(strategies) == len(set(strategies)) and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    every = json.loads(out)
+    for r in rows:  # each group's row is that strategy's best trial
+        assert r["val_f1"] == max(x["val_f1"] for x in every if x["strategy"] == r["strategy"])
+
+
+def test_top_configurations_confirmed_over_seeds(tmp_path, tiny_npz, cli):
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2,
+                         extra="confirm = { top = 1, seeds = [5, 6] }\n")
+    results = tmp_path / "results"
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0 and "confirmed (seed 5)" in out and "confirmed (seed 6)" in out
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    rows = json.loads(out)
+    assert len(rows) == 2  # confirmation runs are not leaderboard rows of their own
+    top = rows[0]
+    assert top["seeds"] == 3 and "test_f1_std" in top and rows[1]["seeds"] == 1
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    confirms = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'confirm'")
+    assert sorted(int(r.data.params["seed"]) for r in confirms) == [5, 6]
+    assert all(r.data.tags["freezebench.confirm_of"] == top["run_id"] for r in confirms)
+    f1s = [client.get_run(top["run_id"]).data.metrics["test_f1"]] + [r.data.metrics["test_f1"] for r in confirms]
+    assert top["test_f1_mean"] == pytest.approx(sum(f1s) / 3)
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert "confirmed" not in out  # already done: resumed, not repeated
