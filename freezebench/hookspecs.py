@@ -23,3 +23,8 @@ def register_backbones(register):
 @hookspec
 def register_strategies(register):
     """Register freeze strategies: ``register(strategy)`` (see ``freezebench.strategy``)."""
+
+
+@hookspec
+def register_analyses(register):
+    """Register analyses: ``register(analysis)`` (see ``freezebench.analysis``)."""

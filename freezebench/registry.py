@@ -13,8 +13,8 @@ from typing import Any
 
 from .errors import PluginError, UserError
 
-KINDS = ("datasets", "backbones", "strategies")
-_SINGULAR = {"datasets": "dataset", "backbones": "backbone", "strategies": "strategy"}
+KINDS = ("datasets", "backbones", "strategies", "analyses")
+_SINGULAR = {"datasets": "dataset", "backbones": "backbone", "strategies": "strategy", "analyses": "analysis"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,10 @@ def backbones() -> Registry:
 
 def strategies() -> Registry:
     return get_registry("strategies")
+
+
+def analyses() -> Registry:
+    return get_registry("analyses")
 
 
 def reset() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -13,32 +14,9 @@ from .metrics import HIGHER_IS_BETTER
 from .registry import Registry
 from .trial import TrialConfig
 
+# every trial parameter but the required ones, with TrialConfig's defaults
 TRIAL_DEFAULTS = {
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "head_lr_mult": 10.0,
-    "bn_policy": "eval",
-    "epochs": 3,
-    "batch_size": 32,
-    "image_size": 64,
-    "seed": 0,
-    "granularity": "block",
-    "lr_decay": 1.0,
-    "lr_schedule": "constant",
-    "lr_step": 10,
-    "lr_gamma": 0.1,
-    "select_epoch": "best",
-    "head": "linear",
-    "head_hidden": 256,
-    "head_dropout": 0.5,
-    "augment": "none",
-    "augment_copies": 4,
-    "balance": "none",
-    "resize_mode": "stretch",
-    "cache": "auto",
-    "cache_dtype": "float32",
-    "cache_limit_mb": 2048,
+    f.name: f.default for f in dataclasses.fields(TrialConfig) if f.name not in ("strategy", "lr", "metric", "strategy_params")
 }
 
 

@@ -115,6 +115,17 @@ class Tracker:
         self.client.log_dict(run_id, result.config.as_flat_dict(), "trial_config.json")
         if result.events:
             self.client.log_dict(run_id, result.events, "unfreeze_events.json")
+        if result.outputs is not None:
+            from .analysis import trial_analyses
+
+            for item in trial_analyses(result.outputs):
+                if item.figure is not None:
+                    import matplotlib.pyplot as plt
+
+                    self.client.log_figure(run_id, item.figure, item.name)
+                    plt.close(item.figure)
+                if item.data is not None:
+                    self.client.log_dict(run_id, item.data, item.name)
         if out.test_probs is not None:
             from .figures import log_test_figures
 

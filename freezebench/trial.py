@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .analysis import TrialOutputs, collect_trial_outputs
 from .augment import augment_batch
 from .backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
 from .dataset import SPLITS, ImageDataset
@@ -78,6 +79,7 @@ class TrialResult:
     events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
     prefix_cache: str = "off"  # what the frozen-prefix cache did, and why
     class_names: tuple[str, ...] = ()
+    outputs: "TrialOutputs | None" = None  # the trained model's test-set outputs, for analyses
 
 
 class DataCache:
@@ -253,6 +255,8 @@ def fit(
         augment=cfg.augment == "online",
         balance=cfg.balance,
     )
+    outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
+                                    data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size)
     return TrialResult(
         config=cfg,
         plan=plan,
@@ -266,6 +270,7 @@ def fit(
         events=executor.events,
         prefix_cache=note,
         class_names=tuple(dataset.classes),
+        outputs=outputs,
     )
 
 

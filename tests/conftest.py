@@ -91,3 +91,17 @@ image_size = 32
         encoding="utf-8",
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def finished_suite(tmp_path_factory, tiny_npz):
+    """Run the tiny suite once (3 trials, 2 epochs) and return its paths."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = write_suite(tmp / "bench.toml", tiny_npz)
+    results = tmp / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return config, results, proc.stdout

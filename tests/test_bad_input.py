@@ -131,3 +131,13 @@ def test_leaderboard_without_results(cli, tmp_path):
 def test_click_usage_errors_exit_2(cli):
     code, _, err = cli("list", "gadgets")
     assert code == 2 and "gadgets" in err
+
+
+def test_every_trial_parameter_is_validated_by_the_config():
+    import dataclasses
+
+    from freezebench.config import CORE_PARAMS
+    from freezebench.trial import TrialConfig
+
+    fields = {f.name for f in dataclasses.fields(TrialConfig)} - {"metric", "strategy_params"}
+    assert set(CORE_PARAMS) == fields

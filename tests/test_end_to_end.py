@@ -11,23 +11,6 @@ from mlflow.tracking import MlflowClient
 from .conftest import write_suite
 
 
-@pytest.fixture(scope="module")
-def finished_suite(tmp_path_factory, tiny_npz):
-    """Run the tiny suite once (3 trials, 2 epochs) and return its paths."""
-    import subprocess
-    import sys
-
-    tmp = tmp_path_factory.mktemp("e2e")
-    config = write_suite(tmp / "bench.toml", tiny_npz)
-    results = tmp / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)],
-        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "160"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return config, results, proc.stdout
-
-
 def _client(results):
     return MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
 

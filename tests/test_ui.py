@@ -60,12 +60,11 @@ def ui_server(finished_suite):
     proc.wait(timeout=30)
 
 
-from .test_end_to_end import finished_suite  # noqa: E402,F401  (shared module-scoped fixture)
 
 
 def test_ui_prints_url_and_serves_the_trial_runs(ui_server):
     base, printed = ui_server
-    assert printed[0].startswith(f"MLflow UI for ") and f"{base}/#/experiments" in printed[0]
+    assert printed[0].startswith("MLflow UI for ") and f"{base}/#/experiments" in printed[0]
     assert printed[1].strip().startswith(f"tinybreast leaderboard: {base}/#/experiments/")
     status, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tinybreast")
     exp_id = json.loads(body)["experiment"]["experiment_id"]
@@ -106,8 +105,6 @@ def test_runs_page_in_headless_chromium(ui_server, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
     # every trial run is rendered by the MLflow UI, in leaderboard order
-    from mlflow.tracking import MlflowClient
-
     _, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tinybreast")
     exp_id = json.loads(body)["experiment"]["experiment_id"]
     _, body = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "filter": "tags.`freezebench.role` = 'trial'",

@@ -18,7 +18,7 @@ def cli():
 
 
 def _register_commands() -> None:
-    from . import info, results, run
+    from . import info, report, results, run
 
     cli.add_command(run.run)
     cli.add_command(run.worker)
@@ -27,6 +27,7 @@ def _register_commands() -> None:
     cli.add_command(info.describe_cmd)
     cli.add_command(results.leaderboard_cmd)
     cli.add_command(results.ui_cmd)
+    cli.add_command(report.report_cmd)
 
 
 _register_commands()

@@ -29,11 +29,11 @@ def plugins_cmd(as_json: bool):
 
 
 @click.command("list")
-@click.argument("kind", type=click.Choice(["datasets", "backbones", "strategies"]))
+@click.argument("kind", type=click.Choice(["datasets", "backbones", "strategies", "analyses"]))
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind: str, pattern: str | None, as_json: bool):
-    """List installed datasets, backbones or strategies, optionally filtered by a wildcard PATTERN."""
+    """List installed datasets, backbones, strategies or analyses, optionally filtered by a wildcard PATTERN."""
     from ..registry import get_registry
 
     entries = get_registry(kind).entries(pattern)
@@ -47,6 +47,8 @@ def list_cmd(kind: str, pattern: str | None, as_json: bool):
             row["default_weights"] = e.obj.default_weights
         if kind == "datasets":
             row["options"] = list(e.obj.options)
+        if kind == "analyses":
+            row["scope"] = e.obj.scope
         rows.append(row)
     if as_json:
         print_json(rows)

@@ -1,0 +1,157 @@
+"""The papers' analyses as plugins: output scores and FC weights per class (paper 000, Figs 2-3),
+weights-to-class correlation (paper 001), metric vs freeze point per LR (paper 002, Figs 6-7),
+and validation-loss curves with epochs to converge (paper 004)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from freezebench.analysis import Output, StudyRecords, TrialOutputs, colour, epochs_to_converge, weight_class_correlation
+from freezebench.hookspecs import hookimpl
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass(frozen=True)
+class OutputScores:
+    name: str = "output_scores"
+    summary: str = "final-layer scores per test image by class (2 classes), else a 2D PCA of the penultimate features"
+    scope: str = "trial"
+
+    def run(self, o: TrialOutputs) -> list[Output]:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 4.2))
+        if o.logits.shape[1] == 2:
+            points, xlabel, ylabel = o.logits, f"score: {o.class_names[0]}", f"score: {o.class_names[1]}"
+        else:
+            centred = o.penultimate - o.penultimate.mean(0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            points, xlabel, ylabel = centred @ vt[:2].T, "PC 1 of penultimate features", "PC 2"
+        markers = "os^Dv<>P*X"
+        for c, name in enumerate(o.class_names):
+            sel = o.labels == c
+            ax.scatter(points[sel, 0], points[sel, 1], s=14, marker=markers[c % len(markers)], label=f"true {name}", alpha=0.75)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"Output scores by class ({o.strategy})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return [Output("output_scores.png", figure=fig, title=f"Output scores by class ({o.strategy})"),
+                Output("output_scores.json", data={"classes": list(o.class_names), "labels": o.labels.tolist(),
+                                                   "points": np.round(points, 6).tolist(), "axes": [xlabel, ylabel]})]
+
+
+@dataclass(frozen=True)
+class FcWeights:
+    name: str = "fc_weights"
+    summary: str = "the final FC layer's weights per class (weight dispersion)"
+    scope: str = "trial"
+
+    def run(self, o: TrialOutputs) -> list[Output]:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for c, name in enumerate(o.class_names):
+            ax.plot(o.head_weight[c], linewidth=0.7, label=f"{name} (sd {o.head_weight[c].std():.3g})")
+        ax.set(xlabel="input feature index", ylabel="weight", title=f"Final FC weights per class ({o.strategy})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        stats = {name: {"mean": float(o.head_weight[c].mean()), "std": float(o.head_weight[c].std()),
+                        "min": float(o.head_weight[c].min()), "max": float(o.head_weight[c].max())}
+                 for c, name in enumerate(o.class_names)}
+        return [Output("fc_weights.png", figure=fig, title=f"Final FC weights per class ({o.strategy})"),
+                Output("fc_weights.json", data=stats)]
+
+
+@dataclass(frozen=True)
+class WeightClassCorrelation:
+    name: str = "weight_class_correlation"
+    summary: str = "correlation of each class's FC weight row with the class-mean penultimate features"
+    scope: str = "trial"
+
+    def run(self, o: TrialOutputs) -> list[Output]:
+        corr = weight_class_correlation(o)
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(4.6, 4))
+        image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
+        names = list(o.class_names)
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
+               xlabel="class-mean penultimate features of", ylabel="FC weight row of",
+               title=f"Weights-to-class correlation ({o.strategy})")
+        for (i, j), v in np.ndenumerate(corr):
+            ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        return [Output("weight_class_correlation.png", figure=fig, title=f"Weights-to-class correlation ({o.strategy})"),
+                Output("weight_class_correlation.json", data={"classes": names, "matrix": np.where(np.isnan(corr), None, corr).tolist()})]
+
+
+@dataclass(frozen=True)
+class MetricVsFreezePoint:
+    name: str = "metric_vs_freeze_point"
+    summary: str = "test and validation metric against the freeze point k, one line per learning rate (freeze_to trials)"
+    scope: str = "study"
+
+    def run(self, s: StudyRecords) -> list[Output]:
+        points: dict[float, list[tuple[int, float, float]]] = {}
+        for t in s.trials:
+            p, m = t["params"], t["metrics"]
+            if t["state"] != "complete" or p.get("strategy") != "freeze_to" or "k" not in p:
+                continue
+            points.setdefault(float(p["lr"]), []).append((int(p["k"]), m.get(f"test_{s.metric}", np.nan), m.get(f"best_val_{s.metric}", np.nan)))
+        if not points:
+            return []
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for lr, pts in sorted(points.items()):
+            pts.sort()
+            line, = ax.plot([k for k, _, _ in pts], [v for _, v, _ in pts], marker="o", label=f"lr {lr:.2g} (test)")
+            ax.plot([k for k, _, _ in pts], [v for _, _, v in pts], linestyle="--", color=line.get_color(), alpha=0.6, label=f"lr {lr:.2g} (val)")
+        ax.set(xlabel="freeze point k (units frozen from the input)", ylabel=s.metric, title=f"{s.metric} vs freeze point: {s.study}")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        data = {f"{lr:g}": [{"k": k, f"test_{s.metric}": t, f"val_{s.metric}": v} for k, t, v in pts] for lr, pts in points.items()}
+        return [Output("metric_vs_freeze_point.png", figure=fig, title=f"{s.metric} vs freeze point"),
+                Output("metric_vs_freeze_point.json", data=data)]
+
+
+@dataclass(frozen=True)
+class ValLossCurves:
+    name: str = "val_loss_curves"
+    summary: str = "validation loss per epoch for each trial, coloured by strategy, with epochs to converge"
+    scope: str = "study"
+
+    def run(self, s: StudyRecords) -> list[Output]:
+        curves = [t for t in s.trials if t.get("history", {}).get("val_loss")]
+        if not curves:
+            return []
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        seen = set()
+        table = []
+        for t in curves:
+            loss = t["history"]["val_loss"]
+            strategy = t["params"].get("strategy", "?")
+            ax.plot(range(1, len(loss) + 1), loss, color=colour(strategy), alpha=0.7, linewidth=1,
+                    label=strategy if strategy not in seen else None)
+            seen.add(strategy)
+            table.append({"run": t["run_name"], "strategy": strategy, "epochs_to_converge": epochs_to_converge(loss),
+                          "min_val_loss": min(loss)})
+        ax.set(xlabel="epoch", ylabel="validation loss", title=f"Validation loss per trial: {s.study}")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return [Output("val_loss_curves.png", figure=fig, title="Validation loss per trial"),
+                Output("epochs_to_converge.json", data=table)]
+
+
+@hookimpl
+def register_analyses(register):
+    for analysis in (OutputScores(), FcWeights(), WeightClassCorrelation(), MetricVsFreezePoint(), ValLossCurves()):
+        register(analysis)

@@ -1,0 +1,136 @@
+"""Analyses and the HTML report: figures are real images, the numbers behind them are checked
+against direct computations and against what the trials recorded; the report opens in Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from freezebench import registry
+from freezebench.analysis import TrialOutputs, epochs_to_converge, weight_class_correlation
+
+from .conftest import ROOT, write_suite
+
+ARTIFACTS = Path(os.environ.get("FREEZEBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+def _outputs(seed=0, classes=3, dim=16, n=60):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n // classes)
+    centres = rng.normal(size=(classes, dim))
+    feats = centres[labels] + 0.1 * rng.normal(size=(n, dim))
+    weight = centres + 0.01 * rng.normal(size=(classes, dim))  # each row close to its class mean
+    logits = feats @ weight.T
+    return TrialOutputs("freeze_to", tuple(f"c{i}" for i in range(classes)), labels, logits, feats, weight, np.zeros(classes))
+
+
+def test_weight_class_correlation_matches_direct_computation():
+    o = _outputs()
+    corr = weight_class_correlation(o)
+    for i in range(3):
+        for j in range(3):
+            mean_j = o.penultimate[o.labels == j].mean(0)
+            assert corr[i, j] == pytest.approx(np.corrcoef(o.head_weight[i], mean_j)[0, 1])
+    assert np.all(np.diag(corr) > 0.99)  # weights built from the class means
+
+
+def test_epochs_to_converge():
+    assert epochs_to_converge([1.0, 0.5, 0.3, 0.302, 0.4]) == 3
+    assert epochs_to_converge([0.2, 0.5]) == 1
+
+
+@pytest.mark.parametrize("name", ["output_scores", "fc_weights", "weight_class_correlation"])
+def test_trial_figures_are_real_images(name, tmp_path):
+    outputs = registry.analyses().get(name).run(_outputs())
+    figure = next(o for o in outputs if o.figure is not None)
+    path = tmp_path / figure.name
+    figure.figure.savefig(path)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
+    assert figure.title and figure.figure.axes[0].get_xlabel() and figure.figure.axes[0].get_title()
+    assert any(o.data is not None for o in outputs)
+
+
+def test_output_scores_two_classes_are_the_logits():
+    o = _outputs(classes=2)
+    data = next(x.data for x in registry.analyses().get("output_scores").run(o) if x.data)
+    assert np.allclose(np.array(data["points"]), o.logits, atol=1e-6) and data["axes"] == ["score: c0", "score: c1"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_npz):
+    """A small grid of freeze points x learning rates, run through the CLI."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = write_suite(tmp / "bench.toml", tiny_npz, strategy='"freeze_to"', n_trials=20, extra='sampler = "grid"\n')
+    config.write_text(config.read_text().replace("k = { low = 1, high = -1 }", "k = [2, 5, 8]")
+                      .replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = [1e-3, 1e-2]").replace("epochs = 2", "epochs = 1"))
+    results = tmp / "results"
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config),
+                           "--results-dir", str(results)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return results
+
+
+def test_trial_runs_carry_the_trial_analyses(sweep):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json"} <= names
+
+
+def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
+    from freezebench.report import study_records
+    from freezebench.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{sweep / 'mlflow.db'}")
+    exp = tracker.client.get_experiment_by_name("tinybreast")
+    parent = tracker.client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
+    records = study_records(tracker, exp.experiment_id, parent)
+    assert len(records.trials) == 6
+    outputs = registry.analyses().get("metric_vs_freeze_point").run(records)
+    data = next(o.data for o in outputs if o.data)
+    assert set(data) == {"0.001", "0.01"}
+    for t in records.trials:
+        point = next(p for p in data[f"{float(t['params']['lr']):g}"] if p["k"] == int(t["params"]["k"]))
+        assert point["test_f1"] == t["metrics"]["test_f1"] and point["val_f1"] == t["metrics"]["best_val_f1"]
+    curves = next(o.data for o in registry.analyses().get("val_loss_curves").run(records) if o.data)
+    assert len(curves) == 6 and all(c["epochs_to_converge"] == 1 for c in curves)  # one epoch each
+
+
+def test_report_is_self_contained_and_opens_in_chromium(sweep, cli, tmp_path):
+    code, out, _ = cli("report", "--suite", "tiny", "--results-dir", str(sweep), "--out", str(tmp_path))
+    assert code == 0
+    page = (tmp_path / "tiny.html").read_text()
+    assert "Leaderboard: tinybreast" in page and page.count("data:image/png;base64,") >= 5
+    assert 'src="http' not in page and "<script" not in page  # nothing fetched from elsewhere
+    assert "metric_vs_freeze_point" in page and "Inside the networks" in page
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    parent = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
+    assert "analyses/metric_vs_freeze_point.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "analyses")}
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("FREEZEBENCH_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required but not installed")
+        pytest.skip("chromium is not installed")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1300,2400"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", (tmp_path / "tiny.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", (tmp_path / "tiny.html").as_uri()], capture_output=True, timeout=120)
+    assert "Leaderboard: tinybreast" in dom and shot.stat().st_size > 20_000
