@@ -134,6 +134,8 @@ def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: di
             m.eval()
             probe = m(probe)
     per_image = probe.numel() * (2 if cfg.cache_dtype == "float16" else 4)
+    if probe.numel() > data["train"].images[0].numel():  # more numbers than the image: the prefix is cheap, the features not
+        return steps, 0, f"off: the features after {steps[cut - 1][0]} are larger than the images (no saving)"
     total = per_image * sum(len(t.labels) for t in data.values())
     if total > cfg.cache_limit_mb * 2**20:
         return steps, 0, (f"off: the features after {steps[cut - 1][0]} would take {total / 2**20:.0f} MB, "

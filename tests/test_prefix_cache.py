@@ -44,7 +44,8 @@ def test_cached_and_uncached_trials_agree(tiny_dataset, backbone, strategy, para
     ({"strategy": "bitfit"}, "every unit trains"),
     ({"strategy": "full"}, "the first unit trains"),
     ({"strategy_params": {"k": 0}}, "the first unit trains"),
-    ({"cache_limit_mb": 1, "strategy_params": {"k": 1}}, "over cache_limit_mb = 1"),
+    ({"cache_limit_mb": 1, "image_size": 128, "strategy_params": {"k": 3}}, "over cache_limit_mb = 1"),
+    ({"strategy_params": {"k": 1}}, "larger than the images (no saving)"),
 ])
 def test_cache_is_off_with_its_reason(tiny_dataset, kw, reason):
     result = trial(tiny_dataset, **kw)
