@@ -17,6 +17,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .strategy import FreezePlan
+from .units import trace_call_order
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 
@@ -29,23 +30,13 @@ class Decomposition:
 
 def _execution_order(model: nn.Module, input_size: int) -> list[str]:
     """Top-level children, and the children of sequential top-level containers, as they run."""
-    order: list[str] = []
-    hooks = []
+    targets: dict[str, nn.Module] = {}
     for name, child in model.named_children():
-        targets = list(child.named_children()) if isinstance(child, _CONTAINERS) else [("", child)]
-        for sub, module in targets:
-            full = f"{name}.{sub}" if sub else name
-            hooks.append(module.register_forward_pre_hook(lambda m, a, _n=full: order.append(_n)))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return order
+        if isinstance(child, _CONTAINERS):
+            targets.update({f"{name}.{sub}": m for sub, m in child.named_children()})
+        else:
+            targets[name] = child
+    return trace_call_order(model, targets, input_size)
 
 
 class _FlattenIfNeeded(nn.Module):
@@ -59,8 +50,7 @@ def decompose(backbone: Backbone, input_size: int = 64) -> Decomposition:
         order = _execution_order(model, input_size)
     except Exception as exc:  # noqa: BLE001 - any failure just means "no caching"
         return Decomposition([], f"tracing failed: {exc}")
-    if len(order) != len(set(order)):
-        return Decomposition([], "a module runs more than once")
+    # a module that runs twice (or a functional op between modules) fails the check below
     steps: list[tuple[str, nn.Module]] = []
     for name in order:
         module = model.get_submodule(name)

@@ -18,13 +18,12 @@ def _owners(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
 
 
-def forward_order(model: nn.Module, input_size: int) -> list[str]:
-    """Names of parameter-owning modules in the order a forward pass first calls them."""
-    owners = _owners(model)
+def trace_call_order(model: nn.Module, modules: dict[str, nn.Module], input_size: int) -> list[str]:
+    """Names of ``modules`` in the order one forward pass (eval mode, a zero image) first calls them."""
     order: list[str] = []
     hooks = [
         m.register_forward_pre_hook(lambda mod, args, _n=name: order.append(_n) if _n not in order else None)
-        for name, m in owners.items()
+        for name, m in modules.items()
     ]
     was_training = model.training
     try:
@@ -35,8 +34,14 @@ def forward_order(model: nn.Module, input_size: int) -> list[str]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    order += [n for n in owners if n not in order]  # never called (e.g. auxiliary heads)
     return order
+
+
+def forward_order(model: nn.Module, input_size: int) -> list[str]:
+    """Names of parameter-owning modules in the order a forward pass first calls them."""
+    owners = _owners(model)
+    order = trace_call_order(model, owners, input_size)
+    return order + [n for n in owners if n not in order]  # never called (e.g. auxiliary heads)
 
 
 def layer_units(backbone: Backbone) -> tuple[Unit, ...]:
