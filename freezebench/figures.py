@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +41,7 @@ def log_test_figures(client, run_id: str, labels: np.ndarray, probs: np.ndarray,
     names = list(class_names) or [str(i) for i in range(probs.shape[1])]
     matrix = confusion(labels, probs)
     client.log_dict(run_id, {"classes": names, "matrix": matrix.tolist()}, "test_confusion_matrix.json")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")
     ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,

@@ -45,7 +45,7 @@ def _typed(value: str | None):
     return value
 
 
-def _spread(client, exp_id: str, runs) -> dict[str, list[dict]]:
+def _spread(client, exp_id: str) -> dict[str, list[dict]]:
     """Confirmation runs (other seeds) of each trial run, by the trial's run id."""
     found = client.search_runs([exp_id], f"tags.`{TAG}.role` = 'confirm' and attributes.status = 'FINISHED'", max_results=5000)
     out: dict[str, list[dict]] = {}
@@ -80,7 +80,7 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
         token = page.token
         if not token or (limit and len(runs) >= limit):
             break
-    confirms = _spread(client, exp.experiment_id, runs)
+    confirms = _spread(client, exp.experiment_id)
     rows = []
     for run in runs:
         m, p, t = run.data.metrics, run.data.params, run.data.tags

@@ -85,16 +85,27 @@ def _stochastic(module: nn.Module) -> bool:
     return False
 
 
+def cache_blocker(backbone: Backbone, plan: FreezePlan, *, online_augment: bool) -> str:
+    """Why no prefix can be cached, from the plan alone ("" when one might be): checked before
+    the (costlier) decomposition of the model."""
+    if online_augment:
+        return "online augmentation makes every epoch's inputs different"
+    if plan.bn_policy == "train":
+        return "bn_policy 'train' updates BatchNorm statistics in the frozen units"
+    if plan.param_filter != "all" or plan.l2_sp:
+        return "every unit trains (BitFit / L2-SP)"
+    if not backbone.units or backbone.units[0].name not in plan.never_trained:
+        return "the first unit trains"
+    return ""
+
+
 def cut_point(backbone: Backbone, plan: FreezePlan, decomposition: Decomposition, *, online_augment: bool) -> tuple[int, str]:
     """Number of leading steps that can be cached (0: none), and why not when 0."""
+    blocker = cache_blocker(backbone, plan, online_augment=online_augment)
+    if blocker:
+        return 0, blocker
     if decomposition.reason:
         return 0, decomposition.reason
-    if online_augment:
-        return 0, "online augmentation makes every epoch's inputs different"
-    if plan.bn_policy == "train":
-        return 0, "bn_policy 'train' updates BatchNorm statistics in the frozen units"
-    if plan.param_filter != "all" or plan.l2_sp:
-        return 0, "every unit trains (BitFit / L2-SP)"
     frozen: set[str] = set()
     for unit in backbone.units:  # the leading units frozen for the whole trial
         if unit.name not in plan.never_trained:

@@ -165,7 +165,6 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         parent,
         {f"best_val_{metric}": summary.best_value, **{f"best_test_{k}": v for k, v in summary.best_test.items()},
          **{f"n_{k}": v for k, v in summary.counts.items()}},
-        {},
     )
     tracker.store_leaderboard(plan.dataset_ref.label, metric)
     reporter.study_ended(summary)

@@ -168,13 +168,9 @@ class Tracker:
             self.client.set_tag(run_id, f"{TAG}.fail_reason", reason[:5000])
         self.client.set_terminated(run_id, "FAILED" if state == "failed" else "KILLED")
 
-    def finish_study(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
-        from mlflow.entities import Metric, RunTag
+    def finish_study(self, run_id: str, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in _finite(metrics).items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _finite(metrics).items()])
         self.client.set_terminated(run_id, "FINISHED")

@@ -18,7 +18,7 @@ from .errors import UserError
 from .freeze import apply_plan, param_groups
 from .preprocess import Normalizer, resize_images
 from .phases import PlanExecutor
-from .prefix import CachedSuffix, cut_point, decompose, prefix_features
+from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_features
 from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
 from .heads import with_head
@@ -123,6 +123,9 @@ def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: di
     """(all steps, number of steps to cache, note); 0 steps when the trial trains the whole model."""
     if cfg.cache == "off":
         return [], 0, "off: cache = 'off'"
+    blocker = cache_blocker(backbone, plan, online_augment=cfg.augment == "online")
+    if blocker:  # no model decomposition (three forward passes) for trials that cannot cache
+        return [], 0, f"off: {blocker}"
     decomposition = decompose(backbone, cfg.image_size)
     cut, why = cut_point(backbone, plan, decomposition, online_augment=cfg.augment == "online")
     steps = decomposition.steps

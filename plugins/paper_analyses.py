@@ -9,16 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from freezebench.analysis import Output, StudyRecords, TrialOutputs, colour, epochs_to_converge, weight_class_correlation
+from freezebench.figures import pyplot
 from freezebench.hookspecs import hookimpl
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @dataclass(frozen=True)
@@ -28,7 +20,7 @@ class OutputScores:
     scope: str = "trial"
 
     def run(self, o: TrialOutputs) -> list[Output]:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 4.2))
         if o.logits.shape[1] == 2:
             points, xlabel, ylabel = o.logits, f"score: {o.class_names[0]}", f"score: {o.class_names[1]}"
@@ -55,7 +47,7 @@ class FcWeights:
     scope: str = "trial"
 
     def run(self, o: TrialOutputs) -> list[Output]:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for c, name in enumerate(o.class_names):
             ax.plot(o.head_weight[c], linewidth=0.7, label=f"{name} (sd {o.head_weight[c].std():.3g})")
@@ -77,7 +69,7 @@ class WeightClassCorrelation:
 
     def run(self, o: TrialOutputs) -> list[Output]:
         corr = weight_class_correlation(o)
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.6, 4))
         image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
         names = list(o.class_names)
@@ -107,7 +99,7 @@ class MetricVsFreezePoint:
             points.setdefault(float(p["lr"]), []).append((int(p["k"]), m.get(f"test_{s.metric}", np.nan), m.get(f"best_val_{s.metric}", np.nan)))
         if not points:
             return []
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         for lr, pts in sorted(points.items()):
             pts.sort()
@@ -131,7 +123,7 @@ class ValLossCurves:
         curves = [t for t in s.trials if t.get("history", {}).get("val_loss")]
         if not curves:
             return []
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.4, 4))
         seen = set()
         table = []
