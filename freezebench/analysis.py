@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import CPU, Compute
+
 STRATEGY_COLOURS = {  # one colour per strategy, in every figure
     "linear_probe": "#1f77b4", "full": "#d62728", "scratch": "#7f7f7f", "freeze_to": "#2ca02c",
     "train_window": "#9467bd", "train_range": "#8c564b", "last_blocks": "#e377c2",
@@ -65,16 +67,18 @@ class StudyRecords:
 
 @torch.no_grad()
 def collect_trial_outputs(model: torch.nn.Module, head: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                          norm, strategy: str, class_names, batch_size: int = 64) -> TrialOutputs:
+                          norm, strategy: str, class_names, batch_size: int = 64, compute: Compute = CPU) -> TrialOutputs:
     """Run the trained model on the test set, catching the final linear layer's input."""
     final = head if isinstance(head, torch.nn.Linear) else [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
     captured: list[torch.Tensor] = []
-    hook = final.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().flatten(1)))
+    hook = final.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().flatten(1).float().cpu()))
     model.eval()
     logits = []
     try:
         for start in range(0, len(labels), batch_size):
-            logits.append(model(norm(images[start : start + batch_size])))
+            batch = compute.layout(norm(compute.batch(images[start : start + batch_size])))
+            with compute.autocast():
+                logits.append(model(batch).float().cpu())
     finally:
         hook.remove()
     return TrialOutputs(
@@ -83,8 +87,8 @@ def collect_trial_outputs(model: torch.nn.Module, head: torch.nn.Module, images:
         labels=labels.numpy(),
         logits=torch.cat(logits).float().numpy(),
         penultimate=torch.cat(captured).float().numpy(),
-        head_weight=final.weight.detach().float().numpy(),
-        head_bias=None if final.bias is None else final.bias.detach().float().numpy(),
+        head_weight=final.weight.detach().float().cpu().numpy(),
+        head_bias=None if final.bias is None else final.bias.detach().float().cpu().numpy(),
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .device import AMP_MODES, DEVICE_PATTERN
 from .augment import AUGMENT_MODES
 from .heads import HEADS
 from .preprocess import RESIZE_MODES
@@ -123,6 +124,9 @@ CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
     "cache": (str, ("auto", "off"), "'auto' or 'off'"),
     "cache_dtype": (str, ("float32", "float16"), "'float32' or 'float16'"),
     "cache_limit_mb": (int, _positive, "an integer >= 1 (MB)"),
+    "device": (str, lambda v: bool(DEVICE_PATTERN.match(v)), "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    "amp": (str, AMP_MODES, "'auto', 'off', 'bf16' or 'fp16'"),
+    "channels_last": (bool, None, "true or false"),
 }
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
               "params", "data_root", "confirm"}
@@ -293,7 +297,7 @@ def _check_value(ctx: _Ctx, key: str, name: str, value):
     typ, check, desc = CORE_PARAMS[name]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool) or (typ is float and not math.isfinite(value)):
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)) or (typ is float and not math.isfinite(value)):
         ctx.fail(key, f"must be {desc}, got {value!r}")
     ok = check(value) if callable(check) else (check is None or value in check)
     if not ok:

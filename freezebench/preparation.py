@@ -14,6 +14,7 @@ from .augment import augment_array
 from .backbone import BackboneSpec, WeightsRequest
 from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
 from .dataset import ImageDataset
+from .device import resolve_compute
 from .errors import UserError
 from .leakage import LeakReport
 from .protocols import PROTOCOL_KEYS, Protocol, apply_protocol
@@ -91,6 +92,12 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     for name in names:
         if name not in strategies:
             raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
+    for device in _values(suite.params.get("device", "auto")):  # before anything is loaded or written
+        for amp in _values(suite.params.get("amp", "auto")):
+            try:
+                resolve_compute(device, amp)
+            except UserError as exc:
+                raise UserError(f"{where}.params: {exc}") from None
     root = data_root(suite, base)
     prepared = PreparedSuite([])
 

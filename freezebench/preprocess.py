@@ -56,4 +56,6 @@ class Normalizer:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.mean.device != batch.device:  # normalise where the batch is (on the GPU, after a uint8 copy)
+            self.mean, self.std = self.mean.to(batch.device), self.std.to(batch.device)
         return (batch.float() - self.mean) / self.std

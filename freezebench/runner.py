@@ -142,7 +142,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
         tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-",
-                                              "freezebench.prefix_cache": result.prefix_cache})
+                                              "freezebench.prefix_cache": result.prefix_cache,
+                                              "freezebench.compute": result.compute})
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)
@@ -198,7 +199,8 @@ def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             except Exception as exc:  # a failed confirmation is recorded, the others go on
                 tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 continue
-            tracker.finish_trial(run_id, result, {"freezebench.prefix_cache": result.prefix_cache})
+            tracker.finish_trial(run_id, result, {"freezebench.prefix_cache": result.prefix_cache,
+                                                  "freezebench.compute": result.compute})
             reporter.trial_ended(plan.name, t.number, f"confirmed (seed {seed})", result.outcome.best_val[plan.suite.metric])
 
 

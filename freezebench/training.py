@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch
+from .device import CPU, Compute
 from .metrics import classification_metrics, is_better
 from .preprocess import Normalizer
 
@@ -50,19 +51,21 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) ->
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: SplitTensors, norm, batch_size: int) -> tuple[np.ndarray, float]:
+def predict(model: nn.Module, data: SplitTensors, norm, batch_size: int, compute: Compute = CPU) -> tuple[np.ndarray, float]:
     """Class probabilities (N, C) and the mean cross-entropy loss."""
     model.eval()
-    probs, total = [], 0.0
+    probs, total = [], torch.zeros((), dtype=torch.float64, device=compute.device)
     for start in range(0, len(data.labels), batch_size):
-        logits = model(norm(data.images[start : start + batch_size]))
-        total += F.cross_entropy(logits, data.labels[start : start + batch_size], reduction="sum").item()
+        x = compute.layout(norm(compute.batch(data.images[start : start + batch_size])))
+        with compute.autocast():
+            logits = model(x).float()
+        total += F.cross_entropy(logits, compute.batch(data.labels[start : start + batch_size]), reduction="sum")
         probs.append(torch.softmax(logits, dim=1))
-    return torch.cat(probs).numpy().astype(np.float64), total / len(data.labels)
+    return torch.cat(probs).cpu().numpy().astype(np.float64), total.item() / len(data.labels)
 
 
-def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int) -> dict[str, float]:
-    probs, loss = predict(model, data, norm, batch_size)
+def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int, compute: Compute = CPU) -> dict[str, float]:
+    probs, loss = predict(model, data, norm, batch_size, compute)
     return classification_metrics(data.labels.numpy(), probs, loss)
 
 
@@ -83,6 +86,7 @@ def train(
     select: str = "best",
     augment: bool = False,
     balance: str = "none",
+    compute: Compute = CPU,
 ) -> TrainOutcome:
     """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``
     (``select="best"``) or of the last epoch (``select="last"``) for the test.
@@ -99,7 +103,8 @@ def train(
     n = len(train_data.labels)
     counts = torch.bincount(train_data.labels).float().clamp(min=1)
     inverse = counts.sum() / (len(counts) * counts)  # 1 for a balanced dataset
-    class_weight = inverse if balance == "loss" else None
+    class_weight = inverse.to(compute.device) if balance == "loss" else None
+    scaler = compute.scaler()
     for epoch in range(1, epochs + 1):
         if executor is not None:
             executor.begin_epoch(epoch)
@@ -116,17 +121,25 @@ def train(
             batch = train_data.images[idx]
             if augment:
                 batch = augment_batch(batch, generator)
-            x, y = norm(batch), train_data.labels[idx]
-            loss = F.cross_entropy(model(x), y, weight=class_weight)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"non-finite training loss ({loss.item()}) in epoch {epoch}")
+            x, y = compute.layout(norm(compute.batch(batch))), compute.batch(train_data.labels[idx])
+            with compute.autocast():
+                loss = F.cross_entropy(model(x).float(), y, weight=class_weight)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergedError(f"non-finite training loss ({value}) in epoch {epoch}")
             penalty = executor.penalty() if executor is not None else None
+            total = loss if penalty is None else loss + penalty
             optimizer.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
+            if scaler is None:
+                total.backward()
+                optimizer.step()
+            else:  # float16: scale the loss so small gradients do not underflow
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            loss_sum += value * len(idx)
             seen += len(idx)
-        val = evaluate(model, val_data, norm, batch_size)
+        val = evaluate(model, val_data, norm, batch_size, compute)
         if not math.isfinite(val["loss"]):
             raise DivergedError(f"non-finite validation loss in epoch {epoch}")
         record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
@@ -142,7 +155,7 @@ def train(
         outcome.best_epoch, outcome.best_val = epochs, val
     else:
         model.load_state_dict(best_state)
-    probs, loss = predict(model, test_data, norm, batch_size)
+    probs, loss = predict(model, test_data, norm, batch_size, compute)
     outcome.test_probs, outcome.test_labels = probs, test_data.labels.numpy()
     outcome.test = classification_metrics(outcome.test_labels, probs, loss)
     return outcome

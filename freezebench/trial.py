@@ -14,6 +14,7 @@ from .analysis import TrialOutputs, collect_trial_outputs
 from .augment import augment_batch
 from .backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
 from .dataset import SPLITS, ImageDataset
+from .device import resolve_compute
 from .errors import UserError
 from .freeze import apply_plan, param_groups
 from .preprocess import Normalizer, resize_images
@@ -56,6 +57,9 @@ class TrialConfig:
     cache: str = "auto"
     cache_dtype: str = "float32"
     cache_limit_mb: int = 2048
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
     metric: str = "f1"
     strategy_params: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +82,7 @@ class TrialResult:
     outcome: TrainOutcome
     events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
     prefix_cache: str = "off"  # what the frozen-prefix cache did, and why
+    compute: str = "cpu"  # device, AMP and memory format the trial ran with
     class_names: tuple[str, ...] = ()
     outputs: "TrialOutputs | None" = None  # the trained model's test-set outputs, for analyses
 
@@ -223,24 +228,26 @@ def fit(
 ) -> TrialResult:
     """Train a planned backbone on ``dataset`` and measure it."""
     start = time.perf_counter() if started is None else started
-    groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
-    optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
-    executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
-                            schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
+    compute = resolve_compute(cfg.device, cfg.amp, cfg.channels_last)
     copies = cfg.augment_copies if cfg.augment == "offline" else 0
     cache = cache or DataCache()
     data = cache.get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
     norm = Normalizer(backbone.mean, backbone.std)
     model: nn.Module = backbone.model
-    steps, cut, note = _cache_plan(cfg, backbone, plan, data)
+    steps, cut, note = _cache_plan(cfg, backbone, plan, data)  # on the host, before the move
+    compute.model(backbone.model)  # before the optimizer and L2-SP references are made
+    groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
+    executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                            schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
     if cut:
         prefix = steps[:cut]
         dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
         weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
         key = (backbone.name, weights_key, cfg.head, tuple(n for n, _ in prefix), id(dataset), cfg.image_size,
-               cfg.resize_mode, copies, cfg.seed if copies else 0, cfg.cache_dtype)
-        data = cache.features(key, lambda: {s: SplitTensors(prefix_features(prefix, t.images, norm, dtype=dtype), t.labels)
-                                            for s, t in data.items()}, cfg.cache_limit_mb * 2**20)
+               cfg.resize_mode, copies, cfg.seed if copies else 0, cfg.cache_dtype, compute)
+        data = cache.features(key, lambda: {s: SplitTensors(prefix_features(prefix, t.images, norm, dtype=dtype, compute=compute),
+                                                            t.labels) for s, t in data.items()}, cfg.cache_limit_mb * 2**20)
         model = CachedSuffix(steps[cut:])
         norm = _as_float
     outcome = train(
@@ -259,9 +266,10 @@ def fit(
         select=cfg.select_epoch,
         augment=cfg.augment == "online",
         balance=cfg.balance,
+        compute=compute,
     )
     outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
-                                    data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size)
+                                    data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
     return TrialResult(
         config=cfg,
         plan=plan,
@@ -274,6 +282,7 @@ def fit(
         outcome=outcome,
         events=executor.events,
         prefix_cache=note,
+        compute=compute.describe(),
         class_names=tuple(dataset.classes),
         outputs=outputs,
     )

@@ -71,6 +71,10 @@ def test_unknown_parameter_is_named(run_bad, tiny_npz):
         ("n_trials = 1", "n_trials = 0", "suites.tiny.n_trials: must be an integer >= 1"),
         ("n_trials = 1", 'n_trials = 1\nmetric = "kappa"', "suites.tiny.metric: must be one of accuracy"),
         ("lr = 0.01", "lr = []", "an empty list offers nothing to search"),
+        ("epochs = 1", 'device = "gpu"', "suites.tiny.params.device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu'"),
+        ("epochs = 1", 'amp = "half"', "suites.tiny.params.amp: must be 'auto', 'off', 'bf16' or 'fp16'"),
+        ("epochs = 1", 'channels_last = "yes"', "suites.tiny.params.channels_last: must be true or false"),
+        ("epochs = 1", 'amp = "fp16"\ndevice = "cpu"', "suites.tiny.params: amp = 'fp16' needs a GPU"),
     ],
 )
 def test_bad_values_are_named(run_bad, tiny_npz, old, new, expected):
@@ -141,3 +145,12 @@ def test_every_trial_parameter_is_validated_by_the_config():
 
     fields = {f.name for f in dataclasses.fields(TrialConfig)} - {"metric", "strategy_params"}
     assert set(CORE_PARAMS) == fields
+
+
+def test_asking_for_a_missing_gpu_is_named(run_bad, tiny_npz):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    err = run_bad(_valid(tiny_npz).replace("epochs = 1", 'epochs = 1\ndevice = "cuda"'))
+    assert "suites.tiny.params: device = 'cuda', but this machine has no CUDA GPU" in err and "'auto' or 'cpu'" in err

@@ -25,17 +25,26 @@ def trial(dataset, backbone="mobilenetv2_100", strategy="freeze_to", data_cache=
     ("resnet18", "freeze_to", {"k": 3}),
     ("tv_alexnet", "train_window", {"window": "conv4..fc7"}),
 ])
-def test_cached_and_uncached_trials_agree(tiny_dataset, backbone, strategy, params):
-    size = {"image_size": 64} if backbone == "tv_alexnet" else {}
-    on = trial(tiny_dataset, backbone, strategy, strategy_params=params, pretrained=backbone != "resnet18" and backbone != "tv_alexnet", **size)
-    off = trial(tiny_dataset, backbone, strategy, strategy_params=params, cache="off", pretrained=backbone != "resnet18" and backbone != "tv_alexnet", **size)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cached_and_uncached_trials_agree(tiny_dataset, backbone, strategy, params, channels_last):
+    kw = {"image_size": 64} if backbone == "tv_alexnet" else {}
+    kw.update(pretrained=backbone not in ("resnet18", "tv_alexnet"), channels_last=channels_last)
+    on = trial(tiny_dataset, backbone, strategy, strategy_params=params, **kw)
+    off = trial(tiny_dataset, backbone, strategy, strategy_params=params, cache="off", **kw)
     assert on.prefix_cache.startswith("on:") and off.prefix_cache == "off: cache = 'off'"
-    for split in ("best_val", "test"):
-        a, b = getattr(on.outcome, split), getattr(off.outcome, split)
-        for metric in a:
-            assert a[metric] == pytest.approx(b[metric], rel=1e-4, abs=1e-5), (split, metric)
-    assert on.outcome.history[-1]["train_loss"] == pytest.approx(off.outcome.history[-1]["train_loss"], rel=1e-4)
     assert on.trainable_params == off.trainable_params
+    if not channels_last:  # the same kernels both ways: the same metrics
+        for split in ("best_val", "test"):
+            a, b = getattr(on.outcome, split), getattr(off.outcome, split)
+            for metric in a:
+                assert a[metric] == pytest.approx(b[metric], rel=1e-4, abs=1e-5), (split, metric)
+        assert on.outcome.history[-1]["train_loss"] == pytest.approx(off.outcome.history[-1]["train_loss"], rel=1e-4)
+    else:  # NHWC kernels round differently by batch shape (1e-7); the randomly initialised AlexNet sits at
+        # p = 0.5, where that flips labels, so compare what is continuous: probabilities and losses
+        assert abs(on.outcome.test_probs - off.outcome.test_probs).max() < 2e-3
+        for h_on, h_off in zip(on.outcome.history, off.outcome.history):
+            assert h_on["train_loss"] == pytest.approx(h_off["train_loss"], rel=1e-3)
+            assert h_on["val_loss"] == pytest.approx(h_off["val_loss"], rel=1e-3)
 
 
 @pytest.mark.parametrize("kw,reason", [
