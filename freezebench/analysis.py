@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .device import CPU, Compute
+from .saliency import SaliencyMaps
 
 STRATEGY_COLOURS = {  # one colour per strategy, in every figure
     "linear_probe": "#1f77b4", "full": "#d62728", "scratch": "#7f7f7f", "freeze_to": "#2ca02c",
@@ -35,10 +36,11 @@ def colour(strategy: str) -> str:
 
 @dataclass
 class Output:
-    name: str  # file name of the artifact: "*.png" for a figure, "*.json" for data
+    name: str  # file name of the artifact: "*.png" for a figure, "*.json" for data, "*.npz" for arrays
     figure: Any = None
     data: Any = None
     title: str = ""
+    arrays: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrialOutputs:
     penultimate: np.ndarray  # (N, D) the head's input features
     head_weight: np.ndarray  # (C, D) of the final linear layer
     head_bias: np.ndarray | None = None
+    saliency: "SaliencyMaps | None" = None  # Grad-CAM on a few chosen test images
 
 
 @dataclass
@@ -63,6 +66,10 @@ class StudyRecords:
     metric: str
     class_names: tuple[str, ...] = ()
     trials: list[dict] = field(default_factory=list)  # {run_id, run_name, params, metrics, history, state}
+    load_arrays: Any = None  # (run_id, artifact name) -> dict of arrays, or None when the trial has none
+
+    def arrays(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
+        return self.load_arrays(run_id, name) if self.load_arrays is not None else None
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Per-trial figures logged to MLflow: the test confusion matrix and ROC curves (PNG + JSON)."""
+"""Per-trial figures logged to MLflow: the test confusion matrix and ROC curves (PNG + JSON), and the
+test predictions behind them (test_predictions.npz: labels and class probabilities)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
 def log_test_figures(client, run_id: str, labels: np.ndarray, probs: np.ndarray, class_names) -> None:
     from sklearn.metrics import auc
 
+    from .tracking import log_arrays
+
     names = list(class_names) or [str(i) for i in range(probs.shape[1])]
+    log_arrays(client, run_id, {"labels": np.asarray(labels), "probs": np.asarray(probs, dtype=np.float64)}, "test_predictions.npz")
     matrix = confusion(labels, probs)
     client.log_dict(run_id, {"classes": names, "matrix": matrix.tolist()}, "test_confusion_matrix.json")
     plt = pyplot()

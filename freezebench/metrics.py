@@ -15,11 +15,12 @@ HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "f1": T
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, float]:
     y_pred = probs.argmax(axis=1)
     labels = list(range(probs.shape[1]))
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(skm.precision_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "loss": float(loss),
     }
     out["auc"] = roc_auc(y_true, probs)

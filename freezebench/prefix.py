@@ -45,19 +45,45 @@ class _FlattenIfNeeded(nn.Module):
         return torch.flatten(x, 1) if x.dim() > 2 else x
 
 
+# (module structure, input size) -> (execution order, reason); the split depends on the architecture
+# only, so the trials of a study trace and check it once
+_CHECKED: dict[tuple, tuple[list[str], str]] = {}
+
+
+def _structure(model: nn.Module) -> tuple:
+    return tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+
+
 def decompose(backbone: Backbone, input_size: int = 64) -> Decomposition:
-    model = backbone.model
-    try:
-        order = _execution_order(model, input_size)
-    except Exception as exc:  # noqa: BLE001 - any failure just means "no caching"
-        return Decomposition([], f"tracing failed: {exc}")
-    # a module that runs twice (or a functional op between modules) fails the check below
+    key = (backbone.name, _structure(backbone.model), input_size)
+    if key in _CHECKED:
+        order, reason = _CHECKED[key]
+        return Decomposition([], reason) if reason else Decomposition(_steps(backbone.model, order))
+    result = _decompose(backbone, input_size)
+    if len(_CHECKED) > 64:
+        _CHECKED.clear()
+    _CHECKED[key] = ([n for n, _ in result.steps if n != "flatten"], result.reason)
+    return result
+
+
+def _steps(model: nn.Module, order: list[str]) -> list[tuple[str, nn.Module]]:
     steps: list[tuple[str, nn.Module]] = []
     for name in order:
         module = model.get_submodule(name)
         if isinstance(module, nn.Linear) and steps and not any(isinstance(m, _FlattenIfNeeded) for _, m in steps):
             steps.append(("flatten", _FlattenIfNeeded()))  # torch.flatten called in forward()
         steps.append((name, module))
+    return steps
+
+
+def _decompose(backbone: Backbone, input_size: int) -> Decomposition:
+    model = backbone.model
+    try:
+        order = _execution_order(model, input_size)
+    except Exception as exc:  # noqa: BLE001 - any failure just means "no caching"
+        return Decomposition([], f"tracing failed: {exc}")
+    # a module that runs twice (or a functional op between modules) fails the check below
+    steps = _steps(model, order)
     # its own generator: checking must not move the global RNG that dropout in training draws from
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     was_training = model.training
@@ -114,8 +140,9 @@ def cut_point(backbone: Backbone, plan: FreezePlan, decomposition: Decomposition
         frozen.update(unit.params)
     head = set(backbone.head.params)
     cut = 0
+    owner = {id(p): n for n, p in backbone.model.named_parameters()}
     for i, (_, module) in enumerate(decomposition.steps):
-        names = {n for n, p in backbone.model.named_parameters() if any(p is q for q in module.parameters())}
+        names = {owner[id(p)] for p in module.parameters() if id(p) in owner}
         if names & head or (names and not names <= frozen) or _stochastic(module):
             break
         cut = i + 1

@@ -15,9 +15,10 @@ from . import registry
 from .analysis import Output, StudyRecords, colour
 from .errors import UserError
 from .leaderboard import leaderboard
-from .tracking import TAG, Tracker
+from .tracking import TAG, Tracker, load_arrays, log_arrays
 
-TRIAL_FIGURES = ("output_scores.png", "fc_weights.png", "weight_class_correlation.png", "test_confusion_matrix.png", "test_roc.png")
+TRIAL_FIGURES = ("output_scores.png", "fc_weights.png", "weight_class_correlation.png", "grad_cam.png",
+                 "test_confusion_matrix.png", "test_roc.png")
 
 
 def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
@@ -30,7 +31,8 @@ def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
         trials.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "params": r.data.params,
                        "metrics": r.data.metrics, "history": history, "state": r.data.tags.get(f"{TAG}.state", "")})
     return StudyRecords(study=study, dataset=parent.data.tags.get(f"{TAG}.dataset", ""),
-                        metric=parent.data.tags.get(f"{TAG}.objective", "val_f1").removeprefix("val_"), trials=trials)
+                        metric=parent.data.tags.get(f"{TAG}.objective", "val_f1").removeprefix("val_"), trials=trials,
+                        load_arrays=lambda run_id, name: load_arrays(client, run_id, name))
 
 
 def _png(figure) -> bytes:
@@ -124,6 +126,8 @@ def _log(client, run_id: str, out: Output) -> None:
         client.log_figure(run_id, out.figure, f"analyses/{out.name}")
     if out.data is not None:
         client.log_text(run_id, json.dumps(out.data, indent=1, default=str), f"analyses/{out.name}")
+    if out.arrays is not None:
+        log_arrays(client, run_id, out.arrays, f"analyses/{out.name}")
 
 
 _PAGE = """<!doctype html>

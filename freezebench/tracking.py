@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import math
 import time
 from typing import Any
@@ -13,8 +14,37 @@ TAG = "freezebench"
 
 
 def _quiet() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars for every small artifact
     for name in ("alembic", "mlflow", "mlflow.store", "mlflow.tracking"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_arrays(client, run_id: str, arrays: dict, name: str) -> None:
+    """Numpy arrays as one compressed .npz artifact at ``name`` (may include a folder)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    folder, file = os.path.split(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez_compressed(os.path.join(tmp, file), **arrays)
+        client.log_artifact(run_id, os.path.join(tmp, file), folder or None)
+
+
+def load_arrays(client, run_id: str, name: str) -> dict | None:
+    """A .npz artifact as a dict of arrays; None when the run has no such artifact."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    folder = os.path.dirname(name)
+    if name not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        with np.load(client.download_artifacts(run_id, name, tmp), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
@@ -126,6 +156,8 @@ class Tracker:
                     plt.close(item.figure)
                 if item.data is not None:
                     self.client.log_dict(run_id, item.data, item.name)
+                if item.arrays is not None:
+                    log_arrays(self.client, run_id, item.arrays, item.name)
         if out.test_probs is not None:
             from .figures import log_test_figures
 

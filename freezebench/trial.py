@@ -23,6 +23,7 @@ from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_fe
 from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
 from .heads import with_head
+from .saliency import saliency_maps
 from .units import with_granularity
 
 
@@ -234,6 +235,7 @@ def fit(
     data = cache.get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
     norm = Normalizer(backbone.mean, backbone.std)
     model: nn.Module = backbone.model
+    images = data
     steps, cut, note = _cache_plan(cfg, backbone, plan, data)  # on the host, before the move
     compute.model(backbone.model)  # before the optimizer and L2-SP references are made
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
@@ -270,6 +272,8 @@ def fit(
     )
     outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                     data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
+    outputs.saliency = saliency_maps(backbone.model, images["test"].images, images["test"].labels,
+                                     Normalizer(backbone.mean, backbone.std), compute)
     return TrialResult(
         config=cfg,
         plan=plan,

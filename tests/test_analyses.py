@@ -87,7 +87,59 @@ def test_trial_runs_carry_the_trial_analyses(sweep):
     exp = client.get_experiment_by_name("tinybreast")
     run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json"} <= names
+    assert {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json",
+            "grad_cam.png", "grad_cam.npz", "test_predictions.npz"} <= names
+
+
+def _records(sweep):
+    from freezebench.report import study_records
+    from freezebench.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{sweep / 'mlflow.db'}")
+    exp = tracker.client.get_experiment_by_name("tinybreast")
+    parent = tracker.client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
+    return study_records(tracker, exp.experiment_id, parent)
+
+
+def _best_of_each_k(records):
+    best = {}
+    for t in records.trials:
+        k = int(t["params"]["k"])
+        if k not in best or t["metrics"]["best_val_f1"] > best[k]["metrics"]["best_val_f1"]:
+            best[k] = t
+    return best
+
+
+def test_roc_per_case_is_each_cases_best_trial_with_its_recorded_auc(sweep):
+    records = _records(sweep)
+    outputs = registry.analyses().get("roc_per_case").run(records)
+    data = next(o.data for o in outputs if o.data)
+    best = _best_of_each_k(records)
+    assert [d["case"] for d in data] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]  # most frozen first
+    for d in data:
+        trial = best[int(d["case"].split("=")[1])]
+        assert d["run"] == trial["run_name"] and d["auc"] == pytest.approx(trial["metrics"]["test_auc"], abs=1e-9)
+    figure = next(o.figure for o in outputs if o.figure is not None)
+    assert len(figure.axes[0].get_lines()) == 4 and figure.axes[0].get_xlabel() == "false positive rate"
+
+
+def test_grad_cam_comparison_puts_each_cases_maps_side_by_side(sweep):
+    records = _records(sweep)
+    outputs = registry.analyses().get("grad_cam_comparison").run(records)
+    columns = next(o.data for o in outputs if o.data)
+    best = _best_of_each_k(records)
+    assert [c["case"] for c in columns] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]
+    assert [c["trainable_params"] for c in columns] == sorted(c["trainable_params"] for c in columns)
+    for c in columns:
+        assert c["run_id"] == best[int(c["case"].split("=")[1])]["run_id"]
+        assert c["layer"] == str(records.arrays(c["run_id"], "grad_cam.npz")["layer"])
+    figure = next(o.figure for o in outputs if o.figure is not None)
+    assert len(figure.axes) == 4 * (1 + 3)  # 4 chosen images x (the image + 3 cases)
+    first = records.arrays(columns[0]["run_id"], "grad_cam.npz")
+    shown = figure.axes[1].get_images()[1].get_array()  # the first case's overlay of the first image
+    from freezebench.saliency import upsample
+
+    assert np.allclose(np.asarray(shown), upsample(first["cams"][0], first["images"].shape[1]))
 
 
 def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
@@ -116,12 +168,14 @@ def test_report_is_self_contained_and_opens_in_chromium(sweep, cli, tmp_path):
     assert "Leaderboard: tinybreast" in page and page.count("data:image/png;base64,") >= 5
     assert 'src="http' not in page and "<script" not in page  # nothing fetched from elsewhere
     assert "metric_vs_freeze_point" in page and "Inside the networks" in page
+    assert "grad_cam_comparison" in page and "roc_per_case" in page and "freeze_to: grad cam" in page
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinybreast")
     parent = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
-    assert "analyses/metric_vs_freeze_point.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "analyses")}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "analyses")}
+    assert {"analyses/metric_vs_freeze_point.png", "analyses/grad_cam_comparison.png", "analyses/roc_per_case.png"} <= logged
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("FREEZEBENCH_REQUIRE_BROWSER"):

@@ -154,3 +154,12 @@ def test_asking_for_a_missing_gpu_is_named(run_bad, tiny_npz):
         pytest.skip("this machine has a CUDA GPU")
     err = run_bad(_valid(tiny_npz).replace("epochs = 1", 'epochs = 1\ndevice = "cuda"'))
     assert "suites.tiny.params: device = 'cuda', but this machine has no CUDA GPU" in err and "'auto' or 'cpu'" in err
+
+
+def test_every_trial_parameter_is_documented():
+    from freezebench.config import CORE_PARAMS
+
+    from .conftest import ROOT
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert [name for name in CORE_PARAMS if f"| `{name}` |" not in text] == []
