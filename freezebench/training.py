@@ -54,14 +54,15 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) ->
 def predict(model: nn.Module, data: SplitTensors, norm, batch_size: int, compute: Compute = CPU) -> tuple[np.ndarray, float]:
     """Class probabilities (N, C) and the mean cross-entropy loss."""
     model.eval()
-    probs, total = [], torch.zeros((), dtype=torch.float64, device=compute.device)
+    probs, losses = [], []
     for start in range(0, len(data.labels), batch_size):
         x = compute.layout(norm(compute.batch(data.images[start : start + batch_size])))
         with compute.autocast():
             logits = model(x).float()
-        total += F.cross_entropy(logits, compute.batch(data.labels[start : start + batch_size]), reduction="sum")
+        losses.append(F.cross_entropy(logits, compute.batch(data.labels[start : start + batch_size]), reduction="sum"))
         probs.append(torch.softmax(logits, dim=1))
-    return torch.cat(probs).cpu().numpy().astype(np.float64), total.item() / len(data.labels)
+    total = torch.stack(losses).cpu().double().sum().item()  # one device sync; float64 on the host (MPS has none)
+    return torch.cat(probs).cpu().numpy().astype(np.float64), total / len(data.labels)
 
 
 def evaluate(model: nn.Module, data: SplitTensors, norm: Normalizer, batch_size: int, compute: Compute = CPU) -> dict[str, float]:

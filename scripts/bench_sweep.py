@@ -10,7 +10,10 @@ epochs, one seed, at each image size.
     PyTorch's default memory layout (channels_last = false);
 (b) freezebench: its defaults (frozen-prefix caching, channels_last);
 (c) the limit: one forward of each freeze point's prefix per image, plus the trainable part's
-    epochs (training and evaluation on cached features), each timed alone.
+    epochs (training and evaluation on cached features), each timed alone;
+(d) with --mode cache-nchw: caching alone, in the naive loop's memory layout, whose test metrics
+    can be compared with naive's exactly (NHWC kernels round differently, which can change the
+    outcome of unstable trials).
 Each mode runs in its own process, so that its peak memory (max RSS) is its own.
 """
 
@@ -53,9 +56,9 @@ def run_mode(mode: str, sizes: list[int], epochs: int, ks: list[int]) -> dict:
         cache = DataCache()
         for k in ks:
             for lr in LRS:
-                naive = {"cache": "off", "channels_last": False} if mode == "naive" else {}
+                settings = {"naive": {"cache": "off", "channels_last": False}, "cache-nchw": {"channels_last": False}}.get(mode, {})
                 cfg = TrialConfig(strategy="freeze_to", lr=lr, epochs=epochs, batch_size=32, image_size=size,
-                                  strategy_params={"k": k}, **naive)
+                                  strategy_params={"k": k}, **settings)
                 t = time.perf_counter()
                 r = run_trial(cfg, dataset, spec, WeightsRequest(), strategy, cache)
                 trials.append({"size": size, "k": k, "lr": lr, "seconds": time.perf_counter() - t,
@@ -120,8 +123,8 @@ def startup() -> dict:
 
 
 def report(naive: dict, fast: dict, limit: dict, start: dict) -> str:
-    lines = ["| size | k | naive s | freezebench s | speed-up | limit s | freezebench / limit | test acc naive | test acc freezebench |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | k | naive s | freezebench s | speed-up | per trial | limit s | freezebench / limit | test acc naive | test acc freezebench |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by = lambda res: {(t["size"], t["k"], t["lr"]): t for t in res["trials"]}  # noqa: E731
     n, f, lim = by(naive), by(fast), by(limit)
     same, auc_gap = 0, 0.0
@@ -135,7 +138,8 @@ def report(naive: dict, fast: dict, limit: dict, start: dict) -> str:
             fa = "/".join(f"{f[x]['test']['accuracy']:.3f}" for x in keys)
             same += sum(abs(n[x]["test"]["accuracy"] - f[x]["test"]["accuracy"]) < 1e-6 for x in keys)
             auc_gap = max([auc_gap] + [abs(n[x]["test"]["auc"] - f[x]["test"]["auc"]) for x in keys])
-            lines.append(f"| {size} | {k} | {ns:.1f} | {fs:.1f} | {ns / fs:.1f}x | {ls:.1f} | {fs / ls:.2f} | {na} | {fa} |")
+            per = [n[x]["seconds"] / f[x]["seconds"] for x in keys]
+            lines.append(f"| {size} | {k} | {ns:.1f} | {fs:.1f} | {ns / fs:.1f}x | {min(per):.1f}-{max(per):.1f}x | {ls:.1f} | {fs / ls:.2f} | {na} | {fa} |")
     lp = [(n[x]["seconds"], f[x]["seconds"]) for x in n if x[1] == 8]
     lp = lp or [(0.0, 1.0)]
     lines += ["", f"Whole sweep: naive {naive['total']:.0f} s, freezebench {fast['total']:.0f} s "
@@ -153,9 +157,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--ks", type=int, nargs="+", default=list(range(9)), help="freeze points (default 0..8)")
-    parser.add_argument("--mode", choices=["naive", "freezebench", "limit"])
+    parser.add_argument("--mode", choices=["naive", "freezebench", "limit", "cache-nchw"],
+                        help="one mode only; cache-nchw: caching in the naive loop's layout, to compare results exactly")
     parser.add_argument("--json")
+    parser.add_argument("--from-json", help="print the report of a saved run (its --json file) again")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(report(saved["naive"], saved["freezebench"], saved["limit"], saved.get("startup") or startup()))
+        return
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: this benchmark needs ../shared/data")
     if args.mode:
@@ -170,7 +180,8 @@ def main() -> None:
                         "--sizes", *map(str, args.sizes), "--ks", *map(str, args.ks)], check=True)
         results[mode] = json.loads(out.read_text())
         print(f"{mode}: {results[mode]['total']:.0f} s", file=sys.stderr)
-    text = report(results["naive"], results["freezebench"], results["limit"], startup())
+    results["startup"] = startup()
+    text = report(results["naive"], results["freezebench"], results["limit"], results["startup"])
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results))

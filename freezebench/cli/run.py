@@ -75,7 +75,8 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     metric = config.suite(suite).metric
     about = config.suite(suite).description
     console.print(f"Suite [bold]{suite}[/]" + (f" ({about})" if about else "") +
-                  f": {len(plans)} studies x {config.suite(suite).n_trials} trials; results in {stores.results_dir}")
+                  f": {len(plans)} studies x {config.suite(suite).n_trials} trials; results in {stores.results_dir}"
+                  + _compute_note(config.suite(suite).params), highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         summaries = run_suite(plans, stores, RichReporter(progress, metric))
@@ -93,6 +94,17 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     for label in dict.fromkeys(s.dataset for s in summaries):
         print_leaderboard(tracker, label, metric, suite=suite, limit=10)
     console.print("Browse every run: [bold]freezebench ui[/]" + (f" --results-dir {results_dir}" if results_dir else ""))
+
+
+def _compute_note(params: dict) -> str:
+    """Where the trials compute, when the suite fixes it (device, amp, channels_last not searched)."""
+    from ..config import Choice, Range
+    from ..device import resolve_compute
+
+    values = [params.get(k, d) for k, d in (("device", "auto"), ("amp", "auto"), ("channels_last", True))]
+    if any(isinstance(v, (Choice, Range)) for v in values):
+        return ""
+    return f"; computing on {resolve_compute(*values).describe()}"
 
 
 class LineReporter:
