@@ -94,7 +94,8 @@ class DataCache:
     ``get``: resized uint8 tensors per (dataset, size, resize mode, offline augmentation); offline
     augmentation adds ``copies`` fixed augmented copies of the training split only, made after
     splitting (so no copy of a test image reaches training). ``features``: outputs of a frozen
-    prefix, per (weights, cut, data), kept within a memory limit (oldest evicted first).
+    prefix, per (context: weights, data, compute; the prefix's step names), kept within a memory
+    limit (oldest evicted first); ``nearest`` finds a shallower cached prefix to start from.
     """
 
     def __init__(self):
@@ -113,6 +114,14 @@ class DataCache:
                 splits["train"] = SplitTensors(torch.cat([train.images, *extra]), train.labels.repeat(copies + 1))
             self._store[key] = splits
         return self._store[key]
+
+    def nearest(self, context: tuple, names: tuple[str, ...]) -> tuple[int, dict[str, SplitTensors] | None]:
+        """The cached features of the longest shorter prefix of ``names`` (same context): (its length, features)."""
+        length, best = 0, None
+        for (ctx, cached), feats in self._features.items():
+            if ctx == context and length < len(cached) < len(names) and names[: len(cached)] == cached:
+                length, best = len(cached), feats
+        return length, best
 
     def features(self, key: tuple, compute: Callable[[], dict[str, SplitTensors]], limit_bytes: int) -> dict[str, SplitTensors]:
         if key not in self._features:
@@ -246,10 +255,18 @@ def fit(
         prefix = steps[:cut]
         dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
         weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
-        key = (backbone.name, weights_key, cfg.head, tuple(n for n, _ in prefix), id(dataset), cfg.image_size,
-               cfg.resize_mode, copies, cfg.seed if copies else 0, cfg.cache_dtype, compute)
-        data = cache.features(key, lambda: {s: SplitTensors(prefix_features(prefix, t.images, norm, dtype=dtype, compute=compute),
-                                                            t.labels) for s, t in data.items()}, cfg.cache_limit_mb * 2**20)
+        context = (backbone.name, weights_key, cfg.head, id(dataset), cfg.image_size, cfg.resize_mode, copies,
+                   cfg.seed if copies else 0, cfg.cache_dtype, compute)
+        names = tuple(n for n, _ in prefix)
+
+        def compute_features(images=data):
+            # start from a shallower freeze point's features when they are cached (float32 only: exact)
+            start, base = cache.nearest(context, names) if dtype == torch.float32 else (0, None)
+            source, first = (base, _as_float) if base is not None else (images, norm)
+            return {s: SplitTensors(prefix_features(prefix[start:], t.images, first, dtype=dtype, compute=compute), t.labels)
+                    for s, t in source.items()}
+
+        data = cache.features((context, names), compute_features, cfg.cache_limit_mb * 2**20)
         model = CachedSuffix(steps[cut:])
         norm = _as_float
     outcome = train(

@@ -75,6 +75,30 @@ def test_features_are_computed_once_per_prefix(tiny_dataset, monkeypatch):
     assert len(calls) == 6  # a new freeze point: a new prefix
 
 
+def test_a_deeper_freeze_point_starts_from_cached_features(tiny_dataset, monkeypatch):
+    import freezebench.trial as trial_mod
+
+    runs = []
+    real = trial_mod.prefix_features
+    monkeypatch.setattr(trial_mod, "prefix_features", lambda steps, *a, **k: runs.append([n for n, _ in steps]) or real(steps, *a, **k))
+    chained = DataCache()
+    trial(tiny_dataset, data_cache=chained, strategy_params={"k": 4})
+    shallow = runs[-1]
+    deep = trial(tiny_dataset, data_cache=chained, strategy_params={"k": 7})
+    rest = runs[-1]
+    assert shallow[-1] == "blocks.2" and rest[0] == "blocks.3"  # only the steps after k = 4's cached prefix ran
+    direct = trial(tiny_dataset, data_cache=DataCache(), strategy_params={"k": 7})
+    assert runs[-1][0] == "conv_stem" and shallow + rest == runs[-1]  # a fresh cache computes the whole prefix
+    for split in ("best_val", "test"):
+        a, b = getattr(deep.outcome, split), getattr(direct.outcome, split)
+        for metric in a:
+            assert a[metric] == pytest.approx(b[metric], rel=1e-4, abs=1e-5), (split, metric)
+    fp16 = DataCache()
+    trial(tiny_dataset, data_cache=fp16, strategy_params={"k": 4}, cache_dtype="float16")
+    trial(tiny_dataset, data_cache=fp16, strategy_params={"k": 7}, cache_dtype="float16")
+    assert runs[-1][0] == "conv_stem"  # float16 features are not chained: rounding would compound
+
+
 def test_fp16_features_stay_close(tiny_dataset):
     full = trial(tiny_dataset, strategy="linear_probe")
     half = trial(tiny_dataset, strategy="linear_probe", cache_dtype="float16")
