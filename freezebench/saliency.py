@@ -19,7 +19,7 @@ from torch import nn
 @dataclass
 class SaliencyMaps:
     indices: np.ndarray  # (n,) positions in the test split
-    images: np.ndarray  # (n, S, S, 3) uint8, as the model saw them (before normalisation)
+    images: np.ndarray  # (n, S, S, 3) uint8, as the model saw them (before normalisation; at most 128 px)
     labels: np.ndarray  # (n,)
     predicted: np.ndarray  # (n,)
     cams: np.ndarray  # (n, h, w) float32 in [0, 1], at the feature map's own resolution
@@ -32,6 +32,7 @@ def choose_images(labels: np.ndarray, per_class: int = 2) -> np.ndarray:
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=int)
 
 
+DISPLAY_SIZE = 128
 _RESAMPLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -107,5 +108,8 @@ def saliency_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         cams, predicted, layer = grad_cam(model, x, labels[torch.as_tensor(idx)])
     except ValueError:
         return None
+    if batch.shape[-1] > DISPLAY_SIZE:  # kept for display only: at most 128 px, so every trial's artifact stays small
+        batch = F.interpolate(batch.float(), size=(DISPLAY_SIZE, DISPLAY_SIZE), mode="bilinear", antialias=True)
+        batch = batch.round().clamp(0, 255).to(torch.uint8)
     return SaliencyMaps(indices=idx, images=batch.permute(0, 2, 3, 1).numpy(), labels=labels_np[idx],
                         predicted=predicted, cams=cams, layer=layer)

@@ -244,7 +244,7 @@ def fit(
     data = cache.get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
     norm = Normalizer(backbone.mean, backbone.std)
     model: nn.Module = backbone.model
-    images = data
+    pixels = data  # the images, also after ``data`` becomes features
     steps, cut, note = _cache_plan(cfg, backbone, plan, data)  # on the host, before the move
     compute.model(backbone.model)  # before the optimizer and L2-SP references are made
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
@@ -289,7 +289,7 @@ def fit(
     )
     outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                     data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
-    outputs.saliency = saliency_maps(backbone.model, images["test"].images, images["test"].labels,
+    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels,
                                      Normalizer(backbone.mean, backbone.std), compute)
     return TrialResult(
         config=cfg,

@@ -101,3 +101,14 @@ def test_grad_cam_figure_is_a_real_image(tmp_path):
     assert "#3 true malignant" in titles and "predicted benign" in titles
     arrays = next(o.arrays for o in out if o.arrays is not None)
     assert np.array_equal(arrays["cams"], maps.cams) and arrays["class_names"].tolist() == ["benign", "malignant"]
+
+
+def test_images_are_kept_at_display_size():
+    from freezebench.device import CPU
+    from freezebench.saliency import saliency_maps
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    images = torch.randint(0, 256, (6, 3, 160, 160), dtype=torch.uint8)
+    maps = saliency_maps(model, images, torch.tensor([0, 1, 0, 1, 0, 1]), lambda x: x.float() / 255, CPU)
+    assert maps.images.shape == (4, 128, 128, 3) and maps.images.dtype == np.uint8 and maps.cams.shape == (4, 160, 160)
+    assert maps.indices.tolist() == [0, 1, 2, 3] and maps.layer == "0"
