@@ -16,7 +16,8 @@ from .errors import UserError
 from .preparation import PreparedSuite, StudyPlan, prepare_suite  # noqa: F401  (prepare_suite re-exported)
 from .stores import Stores
 from .studies import StopAtTrials, fail_stale, is_finished, open_study
-from .trial import DataCache, TrialConfig, TrialResult, run_trial
+from .datacache import DataCache
+from .trial import TrialConfig, TrialResult, run_trial
 
 
 class TrialFailed(Exception):
