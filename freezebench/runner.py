@@ -142,9 +142,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             trial.set_user_attr("fail_reason", reason)
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
-        tracker.finish_trial(run_id, result, {"freezebench.frozen_units": ",".join(result.plan.frozen) or "-",
-                                              "freezebench.prefix_cache": result.prefix_cache,
-                                              "freezebench.compute": result.compute})
+        tracker.finish_trial(run_id, result)
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)
@@ -200,8 +198,7 @@ def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             except Exception as exc:  # a failed confirmation is recorded, the others go on
                 tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 continue
-            tracker.finish_trial(run_id, result, {"freezebench.prefix_cache": result.prefix_cache,
-                                                  "freezebench.compute": result.compute})
+            tracker.finish_trial(run_id, result)
             reporter.trial_ended(plan.name, t.number, f"confirmed (seed {seed})", result.outcome.best_val[plan.suite.metric])
 
 

@@ -121,8 +121,11 @@ class Tracker:
         metrics = [Metric(k, v, now, epoch) for k, v in _finite(record).items()]
         self.client.log_batch(run_id, metrics=metrics)
 
-    def finish_trial(self, run_id: str, result: TrialResult, tags: dict[str, str]) -> None:
+    def finish_trial(self, run_id: str, result: TrialResult, tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Metric, RunTag
+
+        tags = {f"{TAG}.frozen_units": ",".join(result.plan.frozen) or "-", f"{TAG}.prefix_cache": result.prefix_cache,
+                f"{TAG}.compute": result.compute, **(tags or {})}
 
         out = result.outcome
         final = {

@@ -196,7 +196,7 @@ def fit(
     copies = cfg.augment_copies if cfg.augment == "offline" else 0
     cache = cache or DataCache()
     data = cache.get(dataset, cfg.image_size, cfg.resize_mode, copies, cfg.seed)
-    norm = Normalizer(backbone.mean, backbone.std)
+    pixel_norm = norm = Normalizer(backbone.mean, backbone.std)
     model: nn.Module = backbone.model
     pixels = data  # the images, also after ``data`` becomes features
     steps, cut, note = _cache_plan(cfg, backbone, plan, data)  # on the host, before the move
@@ -213,10 +213,10 @@ def fit(
                    cfg.seed if copies else 0, cfg.cache_dtype, compute)
         names = tuple(n for n, _ in prefix)
 
-        def compute_features(images=data):
+        def compute_features():
             # start from a shallower freeze point's features when they are cached (float32 only: exact)
             start, base = cache.nearest(context, names) if dtype == torch.float32 else (0, None)
-            source, first = (base, _as_float) if base is not None else (images, norm)
+            source, first = (base, _as_float) if base is not None else (pixels, pixel_norm)
             return {s: SplitTensors(prefix_features(prefix[start:], t.images, first, dtype=dtype, compute=compute), t.labels)
                     for s, t in source.items()}
 
@@ -243,8 +243,7 @@ def fit(
     )
     outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                     data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
-    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels,
-                                     Normalizer(backbone.mean, backbone.std), compute)
+    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels, pixel_norm, compute)
     return TrialResult(
         config=cfg,
         plan=plan,
