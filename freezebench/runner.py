@@ -15,7 +15,7 @@ from .backbone import WeightsRequest
 from .errors import UserError
 from .preparation import PreparedSuite, StudyPlan, prepare_suite  # noqa: F401  (prepare_suite re-exported)
 from .stores import Stores
-from .studies import StopAtTrials, fail_stale, is_finished, open_study
+from .studies import StopAtTrials, claims_slot, fail_stale, is_finished, is_surplus, open_study, release_surplus
 from .datacache import DataCache
 from .trial import TrialConfig, TrialResult, run_trial
 
@@ -109,6 +109,9 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
     sign = 1.0 if direction(metric) == "minimize" else -1.0
 
     def objective(trial: optuna.Trial) -> float:
+        if not claims_slot(trial, n_trials):  # another worker took the last slot a moment earlier
+            release_surplus(trial)
+            raise optuna.TrialPruned("surplus: the study already has its trials")
         cfg = suggest_config(trial, suite, strategies, n_units)
         params = {**cfg.as_flat_dict(), "dataset": plan.dataset_ref.label, "backbone": plan.backbone_ref.name,
                   "split_hash": plan.dataset.split_hash(), "optuna_trial": trial.number}
@@ -214,6 +217,8 @@ def _config_of(tracker, run) -> "TrialConfig":
 def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
     counts: dict[str, int] = {}
     for t in study.trials:
+        if is_surplus(t):
+            continue
         state = t.state.name.lower() if is_finished(t) or t.state.name != "FAIL" else "interrupted"
         counts[state] = counts.get(state, 0) + 1
     summary = StudySummary(plan.name, plan.dataset_ref.label, plan.backbone_ref.name, counts, parent_run_id=parent_run_id)

@@ -14,6 +14,7 @@ import optuna
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
 PARENT_ATTR = "mlflow_parent_run_id"
+SURPLUS_ATTR = "freezebench.surplus"
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -39,8 +40,15 @@ def storage(url: str) -> optuna.storages.BaseStorage:
             time.sleep(1 + attempt)
 
 
+def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial started past the study's cap by a worker that lost the race for the last slot."""
+    return bool(trial.user_attrs.get(SURPLUS_ATTR))
+
+
 def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
     """Complete, pruned, or failed for a recorded reason; an interrupted or killed trial is run again."""
+    if is_surplus(trial):
+        return False
     name = trial.state.name
     return name in ("COMPLETE", "PRUNED") or (name == "FAIL" and "fail_reason" in trial.user_attrs)
 
@@ -78,6 +86,27 @@ def fail_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Fail RUNNING trials whose process stopped beating (killed, even with kill -9); return them."""
     optuna.storages.fail_stale_trials(study)
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL" and "fail_reason" not in t.user_attrs]
+
+
+def claims_slot(trial: optuna.Trial, n: int) -> bool:
+    """Whether ``trial`` is one of the study's ``n`` trials, decided by trial number.
+
+    Optuna numbers trials under a lock on the study row, so every lower-numbered trial exists
+    when this one starts. Counting the live ones below it gives each worker the same answer:
+    when two workers start a trial for the last slot at once, exactly one of them gets it.
+    """
+    live = ("RUNNING", "WAITING")
+    ahead = sum(t.number < trial.number and (is_finished(t) or (t.state.name in live and not is_surplus(t)))
+                for t in trial.study.get_trials(deepcopy=False))
+    return ahead < n
+
+
+def release_surplus(trial: optuna.Trial) -> None:
+    """Mark ``trial`` as surplus (it trains nothing and is left out of every count) and give its grid
+    point back: GridSampler counts a finished trial's point as visited only for a matching search space."""
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    if "grid_id" in trial.storage.get_trial_system_attrs(trial._trial_id):
+        trial.storage.set_trial_system_attr(trial._trial_id, "search_space", {})
 
 
 class StopAtTrials:

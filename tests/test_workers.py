@@ -18,6 +18,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from freezebench.studies import is_surplus
+
 from .conftest import write_suite
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -93,9 +95,11 @@ def test_two_workers_share_one_study(postgres, mlflow_server, tmp_path, tiny_npz
     assert all("started" in log for log in logs), "each worker ran trials"
 
     study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=postgres)
-    trials = study.trials
+    # a worker that started a trial for the last slot a moment after the other is told so and trains nothing
+    surplus = [t for t in study.trials if is_surplus(t)]
+    assert all(t.state.name == "PRUNED" and "mlflow_run_id" not in t.user_attrs for t in surplus)
+    trials = [t for t in study.trials if not is_surplus(t)]
     assert [t.state.name for t in trials] == ["COMPLETE"] * 6
-    assert sorted(t.number for t in trials) == list(range(6))
     run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
     assert len(set(run_ids)) == 6  # each trial ran once, with its own MLflow run
 
