@@ -122,6 +122,24 @@ def epochs_to_converge(val_loss: list[float], tolerance: float = 0.01) -> int:
     return len(val_loss)
 
 
+def best_per_case(s: StudyRecords) -> dict[str, dict]:
+    """The best complete trial (by validation metric) of each case: a strategy with its own parameters
+    ("linear_probe", "freeze_to k=5"), whatever the learning rate and other settings."""
+    from . import registry
+
+    own = {e.name: [p.name for p in e.obj.params] for e in registry.strategies().entries()}
+    key = f"best_val_{s.metric}"
+    best: dict[str, dict] = {}
+    for t in s.trials:
+        if t["state"] != "complete" or key not in t["metrics"]:
+            continue
+        strategy = t["params"].get("strategy", "?")
+        case = " ".join([strategy, *(f"{p}={t['params'][p]}" for p in own.get(strategy, []) if p in t["params"])])
+        if case not in best or t["metrics"][key] > best[case]["metrics"][key]:
+            best[case] = t
+    return best
+
+
 def trial_analyses(outputs: TrialOutputs) -> list[Output]:
     """Run every installed trial-scope analysis on one trial's outputs."""
     from . import registry

@@ -17,7 +17,7 @@ from .errors import UserError
 from .leaderboard import leaderboard
 from .tracking import TAG, Tracker, load_arrays, log_arrays
 
-TRIAL_FIGURES = ("output_scores.png", "fc_weights.png", "weight_class_correlation.png", "grad_cam.png",
+TRIAL_FIGURES = ("output_scores.png", "fc_weights.png", "weight_class_correlation.png", "grad_cam.png", "deconv_view.png",
                  "test_confusion_matrix.png", "test_roc.png")
 
 

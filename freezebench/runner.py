@@ -13,7 +13,7 @@ from typing import Protocol as _Protocol
 from . import __version__, registry
 from .backbone import WeightsRequest
 from .errors import UserError
-from .preparation import PreparedSuite, StudyPlan, prepare_suite  # noqa: F401  (prepare_suite re-exported)
+from .preparation import PreparedSuite, StudyPlan
 from .stores import Stores
 from .studies import StopAtTrials, claims_slot, fail_stale, is_finished, is_surplus, open_study, release_surplus
 from .datacache import DataCache

@@ -1,4 +1,5 @@
-"""Feature-map visualisation: Grad-CAM (Selvaraju et al., 2017) of a trained trial on chosen test images.
+"""Feature-map visualisation of a trained trial on chosen test images: Grad-CAM (Selvaraju et al.,
+2017), and the deconvnet view of a few layers (see ``deconv``).
 
 The maps are taken at the model's last spatial feature map (the last module, in call order, whose
 output is (N, C, H, W) with H x W > 1), for the image's true class: where the trained network finds
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .deconv import deconv_views, default_rule, to_display
+
 
 @dataclass
 class SaliencyMaps:
@@ -24,6 +27,11 @@ class SaliencyMaps:
     predicted: np.ndarray  # (n,)
     cams: np.ndarray  # (n, h, w) float32 in [0, 1], at the feature map's own resolution
     layer: str  # the module whose output was used
+    deconv: np.ndarray | None = None  # (L, m, S, S, 3) uint8: deconvnet views of the first m images (one per class)
+    deconv_layers: tuple[str, ...] = ()  # (L,) the freeze units whose outputs were projected
+    deconv_channels: np.ndarray | None = None  # (L, m) the strongest channel of each
+    deconv_at: np.ndarray | None = None  # (m,) positions in ``indices`` of the images the views are of
+    deconv_rule: str = ""  # "deconvnet" or "guided" (see ``deconv.default_rule``)
 
 
 def choose_images(labels: np.ndarray, per_class: int = 2) -> np.ndarray:
@@ -95,8 +103,17 @@ def upsample(cam: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def saliency_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm, compute, max_images: int = 8) -> SaliencyMaps | None:
-    """Grad-CAM of a trained model on up to ``max_images`` chosen test images (None: no spatial map)."""
+def _display(batch: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images at most DISPLAY_SIZE px: every trial's artifacts stay small."""
+    if batch.shape[-1] <= DISPLAY_SIZE:
+        return batch
+    return F.interpolate(batch.float(), size=(DISPLAY_SIZE, DISPLAY_SIZE), mode="bilinear", antialias=True)
+
+
+def saliency_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm, compute, max_images: int = 8,
+                  layers: list[tuple[str, str]] = ()) -> SaliencyMaps | None:
+    """Grad-CAM of a trained model on up to ``max_images`` chosen test images (None: no spatial map),
+    and the deconvnet view of ``layers`` ((unit, module) pairs) on the first image of each class."""
     labels_np = labels.numpy()
     classes = max(1, len(np.unique(labels_np)))
     idx = choose_images(labels_np, per_class=max(1, min(2, max_images // classes)))[:max_images]
@@ -108,8 +125,13 @@ def saliency_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         cams, predicted, layer = grad_cam(model, x, labels[torch.as_tensor(idx)])
     except ValueError:
         return None
-    if batch.shape[-1] > DISPLAY_SIZE:  # kept for display only: at most 128 px, so every trial's artifact stays small
-        batch = F.interpolate(batch.float(), size=(DISPLAY_SIZE, DISPLAY_SIZE), mode="bilinear", antialias=True)
-        batch = batch.round().clamp(0, 255).to(torch.uint8)
-    return SaliencyMaps(indices=idx, images=batch.permute(0, 2, 3, 1).numpy(), labels=labels_np[idx],
-                        predicted=predicted, cams=cams, layer=layer)
+    maps = SaliencyMaps(indices=idx, images=_display(batch).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(),
+                        labels=labels_np[idx], predicted=predicted, cams=cams, layer=layer)
+    if layers:
+        first = np.flatnonzero(np.isin(idx, choose_images(labels_np, per_class=1)))
+        rule = default_rule(model)
+        views, channels = deconv_views(model, x[torch.as_tensor(first)], [module for _, module in layers], rule)
+        shown = _display(torch.from_numpy(views).flatten(0, 1)).unflatten(0, views.shape[:2]).numpy()
+        maps.deconv, maps.deconv_channels, maps.deconv_at = to_display(shown), channels, first
+        maps.deconv_layers, maps.deconv_rule = tuple(unit for unit, _ in layers), rule
+    return maps

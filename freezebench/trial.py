@@ -23,6 +23,7 @@ from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_fe
 from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
 from .training import SplitTensors, TrainOutcome, make_optimizer, train
 from .heads import with_head
+from .deconv import unit_layers
 from .saliency import saliency_maps
 from .units import with_granularity
 
@@ -243,7 +244,8 @@ def fit(
     )
     outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                     data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
-    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels, pixel_norm, compute)
+    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels, pixel_norm, compute,
+                                     layers=unit_layers(backbone.model, backbone.units, cfg.image_size))
     return TrialResult(
         config=cfg,
         plan=plan,

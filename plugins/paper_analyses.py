@@ -1,7 +1,7 @@
 """The papers' analyses as plugins: output scores and FC weights per class (paper 000, Figs 2-3),
 weights-to-class correlation (paper 001), metric vs freeze point per LR (paper 002, Figs 6-7),
-validation-loss curves with epochs to converge, and Grad-CAM feature maps per trial and frozen vs
-fine-tuned side by side (paper 004)."""
+validation-loss curves with epochs to converge and the test ROC per case (paper 004). The feature-map
+views are in ``feature_maps``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from freezebench.analysis import Output, StudyRecords, TrialOutputs, colour, epochs_to_converge, weight_class_correlation
+from freezebench.analysis import (Output, StudyRecords, TrialOutputs, best_per_case, colour, epochs_to_converge,
+                                  weight_class_correlation)
 from freezebench.figures import pyplot
-from freezebench.saliency import upsample
 from freezebench.hookspecs import hookimpl
 
 
@@ -145,112 +145,6 @@ class ValLossCurves:
                 Output("epochs_to_converge.json", data=table)]
 
 
-def _overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
-    """The image in grey with its Grad-CAM map (upsampled to the image) in colour on top."""
-    ax.imshow(image.mean(-1) if image.shape[-1] == 3 and (image[..., 0] == image[..., 1]).all() else image,
-              cmap="gray", vmin=0, vmax=255)
-    ax.imshow(upsample(cam, image.shape[0]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-@dataclass(frozen=True)
-class GradCam:
-    name: str = "grad_cam"
-    summary: str = "Grad-CAM feature maps for the true class on chosen test images (the first 2 of each class)"
-    scope: str = "trial"
-
-    def run(self, o: TrialOutputs) -> list[Output]:
-        m = o.saliency
-        if m is None or not len(m.indices):
-            return []
-        plt = pyplot()
-        n = len(m.indices)
-        fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.4, 4.3), squeeze=False)
-        for j in range(n):
-            axes[0, j].imshow(m.images[j])
-            axes[0, j].set_xticks([])
-            axes[0, j].set_yticks([])
-            axes[0, j].set_title(f"#{m.indices[j]} true {o.class_names[m.labels[j]]}", fontsize=8)
-            _overlay(axes[1, j], m.images[j], m.cams[j])
-            axes[1, j].set_title(f"predicted {o.class_names[m.predicted[j]]}", fontsize=8,
-                                 color="black" if m.predicted[j] == m.labels[j] else "#d62728")
-        axes[0, 0].set_ylabel("test image")
-        axes[1, 0].set_ylabel("Grad-CAM")
-        title = f"Grad-CAM at {m.layer} ({o.strategy})"
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        arrays = {"indices": m.indices, "images": m.images, "labels": m.labels, "predicted": m.predicted, "cams": m.cams,
-                  "layer": np.array(m.layer), "class_names": np.array(o.class_names)}
-        return [Output("grad_cam.png", figure=fig, title=title), Output("grad_cam.npz", arrays=arrays)]
-
-
-def best_per_case(s: StudyRecords) -> dict[str, dict]:
-    """The best complete trial (by validation metric) of each case: a strategy with its own parameters
-    ("linear_probe", "freeze_to k=5"), whatever the learning rate and other settings."""
-    from freezebench import registry
-
-    own = {e.name: [p.name for p in e.obj.params] for e in registry.strategies().entries()}
-    key = f"best_val_{s.metric}"
-    best: dict[str, dict] = {}
-    for t in s.trials:
-        if t["state"] != "complete" or key not in t["metrics"]:
-            continue
-        strategy = t["params"].get("strategy", "?")
-        case = " ".join([strategy, *(f"{p}={t['params'][p]}" for p in own.get(strategy, []) if p in t["params"])])
-        if case not in best or t["metrics"][key] > best[case]["metrics"][key]:
-            best[case] = t
-    return best
-
-
-@dataclass(frozen=True)
-class GradCamComparison:
-    name: str = "grad_cam_comparison"
-    summary: str = "Grad-CAM of each case's best trial side by side, most frozen left, most fine-tuned right"
-    scope: str = "study"
-    max_cases: int = 6
-
-    def run(self, s: StudyRecords) -> list[Output]:
-        key = f"best_val_{s.metric}"
-        chosen = sorted(best_per_case(s).items(), key=lambda kv: -kv[1]["metrics"][key])[: self.max_cases]
-        columns = []
-        for case, t in chosen:
-            maps = s.arrays(t["run_id"], "grad_cam.npz")
-            if maps is not None:
-                columns.append((case, t, maps))
-        if len(columns) < 2:  # nothing to compare
-            return []
-        reference = columns[0][2]["indices"]
-        columns = [c for c in columns if np.array_equal(c[2]["indices"], reference)]
-        columns.sort(key=lambda c: c[1]["metrics"].get("trainable_params", 0))  # most frozen first
-        first = columns[0][2]
-        names = [str(x) for x in first["class_names"]]
-        rows = len(reference)
-        plt = pyplot()
-        fig, axes = plt.subplots(rows, len(columns) + 1, figsize=(1.8 * (len(columns) + 1) + 0.6, 1.8 * rows + 0.9), squeeze=False)
-        for i in range(rows):
-            axes[i, 0].imshow(first["images"][i])
-            axes[i, 0].set_xticks([])
-            axes[i, 0].set_yticks([])
-            axes[i, 0].set_ylabel(f"#{reference[i]} {names[first['labels'][i]]}", fontsize=8)
-            for j, (case, t, maps) in enumerate(columns, start=1):
-                _overlay(axes[i, j], maps["images"][i], maps["cams"][i])
-                right = maps["predicted"][i] == maps["labels"][i]
-                axes[i, j].set_xlabel(f"predicted {names[maps['predicted'][i]]}", fontsize=7, color="black" if right else "#d62728")
-        axes[0, 0].set_title("test image", fontsize=8)
-        for j, (case, t, _) in enumerate(columns, start=1):
-            trainable = t["metrics"].get("trainable_params")
-            axes[0, j].set_title(f"{case}\n{trainable / 1e6:.2f} M trainable" if trainable is not None else case, fontsize=8,
-                                 color=colour(t["params"].get("strategy", "")))
-        title = f"Grad-CAM, frozen to fine-tuned: {s.study}"
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        data = [{"case": case, "run": t["run_name"], "run_id": t["run_id"], f"val_{s.metric}": t["metrics"][key],
-                 "trainable_params": t["metrics"].get("trainable_params"), "layer": str(maps["layer"])} for case, t, maps in columns]
-        return [Output("grad_cam_comparison.png", figure=fig, title="Grad-CAM, frozen to fine-tuned"),
-                Output("grad_cam_comparison.json", data=data)]
-
-
 @dataclass(frozen=True)
 class RocPerCase:
     name: str = "roc_per_case"
@@ -297,6 +191,5 @@ class RocPerCase:
 
 @hookimpl
 def register_analyses(register):
-    for analysis in (OutputScores(), FcWeights(), WeightClassCorrelation(), GradCam(), MetricVsFreezePoint(), ValLossCurves(),
-                     RocPerCase(), GradCamComparison()):
+    for analysis in (OutputScores(), FcWeights(), WeightClassCorrelation(), MetricVsFreezePoint(), ValLossCurves(), RocPerCase()):
         register(analysis)

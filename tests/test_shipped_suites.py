@@ -6,7 +6,7 @@ import pytest
 
 from freezebench import registry
 from freezebench.config import load_config
-from freezebench.runner import prepare_suite
+from freezebench.preparation import prepare_suite
 from freezebench.search import grid_size
 
 from .conftest import ROOT

@@ -54,7 +54,8 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
 
     from .. import registry
     from ..config import load_config
-    from ..runner import prepare_suite, run_suite
+    from ..preparation import prepare_suite
+    from ..runner import run_suite
     from ..stores import Stores
     from ..tracking import Tracker
     from .results import print_leaderboard
@@ -139,7 +140,8 @@ def worker(suite, config_path, allow_leaks, results_dir, storage, tracking_uri):
     """
     from .. import registry
     from ..config import load_config
-    from ..runner import prepare_suite, run_suite
+    from ..preparation import prepare_suite
+    from ..runner import run_suite
     from ..stores import Stores
 
     declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
