@@ -136,12 +136,13 @@ class DeconvView:
         first = m.deconv_at
         layers, n = len(m.deconv_layers), len(first)
         plt = pyplot()
-        fig, axes = plt.subplots(layers + 1, n, figsize=(1.9 * n + 1.2, 1.8 * (layers + 1) + 0.6), squeeze=False)
+        height = 1.8 * (layers + 1) + 0.6
+        fig, axes = plt.subplots(layers + 1, n, figsize=(1.9 * n + 1.2, height), squeeze=False)
         for j, i in enumerate(first):
             axes[0, j].imshow(m.images[i])
             axes[0, j].set_title(f"#{m.indices[i]} {o.class_names[m.labels[i]]}", fontsize=8)
             for r in range(layers):
-                axes[r + 1, j].imshow(m.deconv[r, j])
+                axes[r + 1, j].imshow(m.deconv[r, j], interpolation="nearest")  # pixel-exact, and a small PNG
                 axes[r + 1, j].set_xlabel(f"channel {m.deconv_channels[r, j]}", fontsize=7)
         for ax in axes.flat:
             _bare(ax)
@@ -150,7 +151,7 @@ class DeconvView:
             axes[r + 1, 0].set_ylabel(unit, fontsize=8)
         title = f"{_RULE_NAMES.get(m.deconv_rule, 'Deconvnet')} view per layer ({o.strategy})"
         fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))
         arrays = {"indices": m.indices[first], "images": m.images[first], "labels": m.labels[first], "views": m.deconv,
                   "channels": m.deconv_channels, "layers": np.array(m.deconv_layers), "rule": np.array(m.deconv_rule or "deconvnet"),
                   "class_names": np.array(o.class_names)}
@@ -175,13 +176,13 @@ class DeconvComparison:
         images = min(self.max_images, len(first["indices"]))
         rows = [(i, r) for i in range(images) for r in range(len(layers))]
         plt = pyplot()
-        fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(1.8 * (len(columns) + 1) + 0.8, 1.8 * len(rows) + 0.9),
-                                 squeeze=False)
+        height = 1.8 * len(rows) + 0.9
+        fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(1.8 * (len(columns) + 1) + 0.8, height), squeeze=False)
         for row, (i, r) in enumerate(rows):
             axes[row, 0].imshow(first["images"][i])
             axes[row, 0].set_ylabel(f"#{first['indices'][i]} {names[first['labels'][i]]}\n{layers[r]}", fontsize=8)
             for j, (case, t, arrays) in enumerate(columns, start=1):
-                axes[row, j].imshow(arrays["views"][r, i])
+                axes[row, j].imshow(arrays["views"][r, i], interpolation="nearest")
         for ax in axes.flat:
             _bare(ax)
         axes[0, 0].set_title("test image", fontsize=8)
@@ -189,7 +190,7 @@ class DeconvComparison:
             _case_title(axes[0, j], case, t)
         view = _RULE_NAMES[str(first["rule"])]
         fig.suptitle(f"{view} view per layer, frozen to fine-tuned: {s.study}", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))
         data = [{"case": case, "run": t["run_name"], "run_id": t["run_id"], f"val_{s.metric}": t["metrics"][key],
                  "trainable_params": t["metrics"].get("trainable_params"), "layers": layers, "rule": str(first["rule"]),
                  "channels": arrays["channels"][:, :images].tolist()} for case, t, arrays in columns]
