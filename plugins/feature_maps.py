@@ -1,4 +1,4 @@
-"""Feature-map views of trained trials (paper 004, Figs 8-9): Grad-CAM on chosen test images and the
+"""Feature-map views of trained trials (paper 004, Figs 8-10): Grad-CAM on chosen test images and the
 deconvnet view of a few layers, per trial and for each case's best trial side by side, most frozen
 left, most fine-tuned right."""
 
@@ -161,7 +161,7 @@ class DeconvView:
 @dataclass(frozen=True)
 class DeconvComparison:
     name: str = "deconv_comparison"
-    summary: str = "deconvnet view per layer of each case's best trial side by side, most frozen left (paper 004, Fig. 9)"
+    summary: str = "deconvnet view per layer of each case's best trial side by side, most frozen left (paper 004, Figs. 8-10)"
     scope: str = "study"
     max_cases: int = 6
     max_images: int = 2
