@@ -61,3 +61,51 @@ def test_a_worker_that_loses_the_race_runs_nothing(tmp_path, tiny_npz, cli):
     exp = client.get_experiment_by_name("tinybreast")
     assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")) == 1  # no run for the surplus
     assert "pruned" not in out and "surplus" not in out
+
+
+def _race(tmp_path, claim: bool, workers: int = 4, n: int = 6) -> list[optuna.trial.FrozenTrial]:
+    """``workers`` threads, each with its own connection, fill one study the way the runner does. The
+    first wave is held together: all its trials run at once, and every worker checks the cap before
+    any starts its next trial (the schedule that made CI's two workers run 7 trials for 6)."""
+    import threading
+    import time
+
+    from freezebench.studies import StopAtTrials, storage
+
+    url = f"sqlite:///{tmp_path / f'race{claim}.db'}"
+    optuna.create_study(storage=url, study_name="race")
+    running, checked = threading.Barrier(workers), threading.Barrier(workers)
+
+    def objective(trial):
+        if claim and not claims_slot(trial, n):
+            release_surplus(trial)
+            raise optuna.TrialPruned("surplus")
+        if trial.number < workers:
+            running.wait(timeout=60)
+        time.sleep(0.01)
+        return trial.suggest_float("x", 0, 1)
+
+    def after(study, trial):
+        StopAtTrials(n)(study, trial)
+        if trial.number < workers:
+            checked.wait(timeout=60)
+
+    def work():
+        study = optuna.load_study(study_name="race", storage=storage(url))
+        study.optimize(objective, n_trials=n, callbacks=[after])
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return optuna.load_study(study_name="race", storage=url).trials
+
+
+def test_racing_workers_fill_the_study_exactly(tmp_path):
+    trials = _race(tmp_path, claim=True)
+    assert [t.number for t in trials if is_surplus(t)] == [6, 7]
+    assert all(t.state.name == "PRUNED" and not t.params for t in trials if is_surplus(t))
+    assert sum(t.state.name == "COMPLETE" and not is_surplus(t) for t in trials) == 6
+    # without the claim, the same schedule overshoots: each worker checks the count only after its trial
+    assert sum(t.state.name == "COMPLETE" for t in _race(tmp_path, claim=False)) == 8
