@@ -48,8 +48,7 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
     ax.imshow(image.mean(-1) if image.shape[-1] == 3 and (image[..., 0] == image[..., 1]).all() else image,
               cmap="gray", vmin=0, vmax=255)
     ax.imshow(upsample(cam, image.shape[0]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    _bare(ax)
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ class GradCam:
         fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.4, 4.3), squeeze=False)
         for j in range(n):
             axes[0, j].imshow(m.images[j])
-            axes[0, j].set_xticks([])
-            axes[0, j].set_yticks([])
+            _bare(axes[0, j])
             axes[0, j].set_title(f"#{m.indices[j]} true {o.class_names[m.labels[j]]}", fontsize=8)
             _overlay(axes[1, j], m.images[j], m.cams[j])
             axes[1, j].set_title(f"predicted {o.class_names[m.predicted[j]]}", fontsize=8,
@@ -103,8 +101,7 @@ class GradCamComparison:
         fig, axes = plt.subplots(rows, len(columns) + 1, figsize=(1.8 * (len(columns) + 1) + 0.6, 1.8 * rows + 0.9), squeeze=False)
         for i in range(rows):
             axes[i, 0].imshow(first["images"][i])
-            axes[i, 0].set_xticks([])
-            axes[i, 0].set_yticks([])
+            _bare(axes[i, 0])
             axes[i, 0].set_ylabel(f"#{reference[i]} {names[first['labels'][i]]}", fontsize=8)
             for j, (case, t, maps) in enumerate(columns, start=1):
                 _overlay(axes[i, j], maps["images"][i], maps["cams"][i])
