@@ -69,15 +69,23 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def planned_trials(plan: StudyPlan) -> int:
+    """The study's trial count: the suite's ``n_trials``, or fewer when a grid has fewer points."""
+    from .search import grid_size
+
+    n_units = {g: len(u) for g, u in plan.units.items()}
+    return min(plan.suite.n_trials, grid_size(plan.suite, registry.strategies(), n_units) or plan.suite.n_trials)
+
+
 def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cache: DataCache) -> StudySummary:
     import optuna
 
-    from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
+    from .search import direction, make_pruner, make_sampler, suggest_config
 
     suite, metric = plan.suite, plan.suite.metric
     strategies = registry.strategies()
     n_units = {g: len(u) for g, u in plan.units.items()}
-    n_trials = min(suite.n_trials, grid_size(suite, strategies, n_units) or suite.n_trials)
+    n_trials = planned_trials(plan)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by us, with reasons
     experiment_id = tracker.experiment_id(plan.dataset_ref.label)
     base_tags = {

@@ -77,7 +77,13 @@ def sweep(tmp_path_factory, tiny_npz):
     proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config),
                            "--results-dir", str(results)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    (tmp / "run.log").write_text(proc.stdout)
     return results
+
+
+def test_run_announces_the_grid_size_not_the_cap(sweep):
+    out = " ".join((sweep.parent / "run.log").read_text().split())  # unwrapped
+    assert ": 1 study, 6 trials; results in" in out  # n_trials = 20, but the grid has 3 x 2 points
 
 
 def test_trial_runs_carry_the_trial_analyses(sweep):
@@ -88,7 +94,7 @@ def test_trial_runs_carry_the_trial_analyses(sweep):
     run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json",
-            "grad_cam.png", "grad_cam.npz", "test_predictions.npz"} <= names
+            "grad_cam.png", "grad_cam.npz", "deconv_view.png", "deconv_view.npz", "test_predictions.npz"} <= names
 
 
 def _records(sweep):
@@ -142,6 +148,24 @@ def test_grad_cam_comparison_puts_each_cases_maps_side_by_side(sweep):
     assert np.allclose(np.asarray(shown), upsample(first["cams"][0], first["images"].shape[1]))
 
 
+def test_deconv_comparison_shows_each_cases_views_per_layer(sweep):
+    records = _records(sweep)
+    outputs = registry.analyses().get("deconv_comparison").run(records)
+    columns = next(o.data for o in outputs if o.data)
+    best = _best_of_each_k(records)
+    assert [c["case"] for c in columns] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]
+    assert all(c["run_id"] == best[int(c["case"].split("=")[1])]["run_id"] for c in columns)
+    assert columns[0]["rule"] == "guided" and len(columns[0]["layers"]) == 5  # MobileNetV2: strided convolutions
+    figure = next(o.figure for o in outputs if o.figure is not None)
+    assert len(figure.axes) == 2 * 5 * (1 + 3)  # (2 images x 5 layers) rows x (the image + 3 cases)
+    views = records.arrays(columns[2]["run_id"], "deconv_view.npz")["views"]
+    shown = figure.axes[3 * 4 + 3].get_images()[0].get_array()  # row: image 0, layer 3; column: the third case
+    assert np.array_equal(np.asarray(shown), views[3, 0])
+    # the frozen layers are the same network in every case: the k=8 and k=5 trials share the first 5 units
+    k8, k5 = (records.arrays(c["run_id"], "deconv_view.npz")["views"] for c in columns[:2])
+    assert np.array_equal(k8[0], k5[0]) and not np.array_equal(k8[-1], k5[-1])
+
+
 def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
     from freezebench.report import study_records
     from freezebench.tracking import Tracker
@@ -169,13 +193,15 @@ def test_report_is_self_contained_and_opens_in_chromium(sweep, cli, tmp_path):
     assert 'src="http' not in page and "<script" not in page  # nothing fetched from elsewhere
     assert "metric_vs_freeze_point" in page and "Inside the networks" in page
     assert "grad_cam_comparison" in page and "roc_per_case" in page and "freeze_to: grad cam" in page
+    assert "deconv_comparison" in page and "freeze_to: deconv view" in page
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinybreast")
     parent = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "analyses")}
-    assert {"analyses/metric_vs_freeze_point.png", "analyses/grad_cam_comparison.png", "analyses/roc_per_case.png"} <= logged
+    assert {"analyses/metric_vs_freeze_point.png", "analyses/grad_cam_comparison.png", "analyses/roc_per_case.png",
+            "analyses/deconv_comparison.png"} <= logged
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("FREEZEBENCH_REQUIRE_BROWSER"):

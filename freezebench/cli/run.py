@@ -55,7 +55,7 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     from .. import registry
     from ..config import load_config
     from ..preparation import prepare_suite
-    from ..runner import run_suite
+    from ..runner import planned_trials, run_suite
     from ..stores import Stores
     from ..tracking import Tracker
     from .results import print_leaderboard
@@ -76,7 +76,8 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     metric = config.suite(suite).metric
     about = config.suite(suite).description
     console.print(f"Suite [bold]{suite}[/]" + (f" ({about})" if about else "") +
-                  f": {len(plans)} studies x {config.suite(suite).n_trials} trials; results in {stores.results_dir}"
+                  f": {len(plans)} {'study' if len(plans) == 1 else 'studies'}, {sum(planned_trials(p) for p in plans)} trials;"
+                  f" results in {stores.results_dir}"
                   + _compute_note(config.suite(suite).params), highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
