@@ -64,7 +64,7 @@ def default_rule(model: nn.Module) -> str:
 
 
 def _unit_module(model: nn.Module, unit: Unit, order: list[str]) -> str | None:
-    """The module whose output is the unit's output: the smallest module holding exactly the unit's
+    """The module whose output is the unit's output: the outermost module holding exactly the unit's
     parameters (a whole block), else the unit's parameter owner that runs last (a conv's BatchNorm)."""
     owners = list(dict.fromkeys(p.rpartition(".")[0] for p in unit.params))
     parts = [o.split(".") for o in owners]
@@ -73,10 +73,10 @@ def _unit_module(model: nn.Module, unit: Unit, order: list[str]) -> str | None:
         if len(set(level)) > 1:
             break
         common.append(level[0])
-    if common:
-        path = ".".join(common)
-        inside = {f"{path}.{n}" for n, _ in model.get_submodule(path).named_parameters()}
-        if inside == set(unit.params):
+    wanted = set(unit.params)
+    for depth in range(1, len(common) + 1):  # the outermost such module: a block with its residual sum
+        path = ".".join(common[:depth])
+        if {f"{path}.{n}" for n, _ in model.get_submodule(path).named_parameters()} == wanted:
             return path
     called = [o for o in owners if o in order]
     return max(called, key=order.index) if called else None

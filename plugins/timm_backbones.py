@@ -1,13 +1,16 @@
 """Backbones from timm: any timm model name, its head replaced for the dataset's classes.
 
-Freeze units come from timm's ``group_matcher(coarse=True)``, ordered input to output;
-the classifier is the head. Pretrained weights, in order: a local file from the config,
+Freeze units come from timm's ``group_matcher(coarse=True)``, ordered input to output (models
+without one, such as MetaFormer, get a unit per top-level module, or per stage of a top-level
+Sequential/ModuleList); the classifier is the head. Pretrained weights, in order: a local file from the config,
 the weights shipped with freezebench (mobilenetv2_100), or timm's own download.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from torch import nn
 
 from freezebench.backbone import Backbone, BackboneSpec, Unit, WeightsRequest
 from freezebench.errors import UserError
@@ -57,9 +60,23 @@ def _unit_name(param_names: list[str]) -> str:
     return "+".join(names)
 
 
+def _module_groups(model) -> dict[int, list[str]]:
+    """For models without a group matcher: parameters grouped by top-level module, and by child of a
+    top-level Sequential/ModuleList (``stages.0``, ``stages.1``), in registration order."""
+    keys: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        container = len(parts) > 2 and isinstance(model.get_submodule(parts[0]), (nn.Sequential, nn.ModuleList))
+        keys.setdefault(".".join(parts[:2]) if container else parts[0], []).append(name)
+    return dict(enumerate(keys.values()))
+
+
 def freeze_units(model, head_params: set[str]) -> tuple[Unit, ...]:
     timm = import_timm()
-    groups = timm.models.group_parameters(model, model.group_matcher(coarse=True))
+    if hasattr(model, "group_matcher"):
+        groups = timm.models.group_parameters(model, model.group_matcher(coarse=True))
+    else:
+        groups = _module_groups(model)
     units, used = [], set()
     for _, names in sorted(groups.items()):
         names = [n for n in names if n not in head_params]

@@ -94,6 +94,7 @@ def test_display_maps_zero_to_grey_and_the_scale_to_the_extremes():
     ("mobilenetv2_100", 64, ("conv_stem+bn1", "bn1"), ("blocks.6.0+conv_head+bn2", "bn2")),
     ("resnet18", 64, ("conv1+bn1", "bn1"), ("layer4", "layer4")),
     ("tv_alexnet", 128, ("conv1", "features.0"), ("conv5", "features.10")),
+    ("tv_mobilenet_v2", 64, ("features.0", "features.0"), ("features.18", "features.18")),
 ])
 def test_layers_are_freeze_units_from_first_to_last(backbone, size, first, last):
     built = registry.backbones().get(backbone).build(2, WeightsRequest(False))
@@ -103,6 +104,8 @@ def test_layers_are_freeze_units_from_first_to_last(backbone, size, first, last)
     assert [names.index(u) for u, _ in layers] == sorted(names.index(u) for u, _ in layers)
     for _, module in layers:
         built.model.get_submodule(module)
+    if backbone == "tv_mobilenet_v2":  # a block's view starts from its output, after the residual sum
+        assert layers[1] == ("features.4", "features.4")
 
 
 def test_trials_carry_deconv_views(tiny_dataset):

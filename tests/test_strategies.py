@@ -131,3 +131,13 @@ def test_unit_out_of_range_names_the_units(tiny_dataset):
         _trial("freeze_to", tiny_dataset, strategy_params={"k": 42})
     message = str(exc.value)
     assert "k=42" in message and "0..8" in message and "conv_stem+bn1" in message and "blocks.5" in message
+
+
+def test_a_timm_model_without_group_matcher_gets_a_unit_per_stage(tiny_dataset):
+    """MetaFormer (convformer, caformer) has no group_matcher: units are its top-level modules and stages."""
+    result, backbone, before = _trial("freeze_to", tiny_dataset, backbone="convformer_s18", pretrained=False,
+                                      strategy_params={"k": 3}, epochs=1)
+    assert backbone.unit_names() == ["stem", "stages.0.blocks", "stages.1", "stages.2", "stages.3", "head.norm"]
+    assert backbone.head.name == "head.fc" and result.plan.frozen == ("stem", "stages.0.blocks", "stages.1")
+    assert not _changed(before, backbone.model, _unit_params(backbone, result.plan.frozen))
+    assert _changed(before, backbone.model, list(backbone.head.params))
