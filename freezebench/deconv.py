@@ -23,8 +23,6 @@ from torch import nn
 from .backbone import Unit
 
 _RECTIFIERS = (nn.ReLU, nn.ReLU6)
-
-
 RULES = ("deconvnet", "guided")
 
 

@@ -167,13 +167,7 @@ def test_deconv_comparison_shows_each_cases_views_per_layer(sweep):
 
 
 def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
-    from freezebench.report import study_records
-    from freezebench.tracking import Tracker
-
-    tracker = Tracker(f"sqlite:///{sweep / 'mlflow.db'}")
-    exp = tracker.client.get_experiment_by_name("tinybreast")
-    parent = tracker.client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")[0]
-    records = study_records(tracker, exp.experiment_id, parent)
+    records = _records(sweep)
     assert len(records.trials) == 6
     outputs = registry.analyses().get("metric_vs_freeze_point").run(records)
     data = next(o.data for o in outputs if o.data)
