@@ -3,31 +3,42 @@
 An analysis plugin registers objects with ``name``, ``summary``, ``scope`` ("trial" or "study")
 and ``run(inputs) -> list[Output]``. Trial analyses get the trained model's test-set outputs
 (``TrialOutputs``); study analyses get the study's trial records from MLflow (``StudyRecords``).
-Each output is a figure (matplotlib) or data (JSON), saved as an MLflow artifact and shown in
-``freezebench report``.
+Each output is a figure (matplotlib), data (JSON) or arrays (NPZ), saved as an MLflow artifact;
+figures with ``in_report`` are shown in ``freezebench report`` under their ``section``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
 
-from .device import CPU, Compute
-from .saliency import SaliencyMaps
+from . import plugins
+from .records import HIGHER_IS_BETTER, TrialOutputs
 
-STRATEGY_COLOURS = {  # one colour per strategy, in every figure
-    "linear_probe": "#1f77b4", "full": "#d62728", "scratch": "#7f7f7f", "freeze_to": "#2ca02c",
-    "train_window": "#9467bd", "train_range": "#8c564b", "last_blocks": "#e377c2",
-    "gradual_unfreeze": "#bcbd22", "lp_ft": "#17becf", "bitfit": "#ff7f0e", "l2_sp": "#393b79",
-}
+__all__ = ["Output", "TrialOutputs", "StudyRecords", "pyplot", "colour", "best_per_group", "best_per_case",
+           "trial_analyses", "weight_class_correlation", "epochs_to_converge"]
+
+DEFAULT_SECTION = "Inside the networks"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def colour(strategy: str) -> str:
-    if strategy in STRATEGY_COLOURS:
-        return STRATEGY_COLOURS[strategy]
+    """The strategy's own ``colour`` when it declares one, else a stable colour from tab20."""
+    registry = plugins.strategies()
+    own = getattr(registry.get(strategy), "colour", None) if strategy in registry else None
+    if own:
+        return own
     import matplotlib
 
     palette = matplotlib.colormaps["tab20"].colors
@@ -36,25 +47,17 @@ def colour(strategy: str) -> str:
 
 @dataclass
 class Output:
-    name: str  # file name of the artifact: "*.png" for a figure, "*.json" for data, "*.npz" for arrays
+    """One artifact of an analysis: ``name`` is its file name: "*.png" for a figure, "*.json" for
+    data, "*.npz" for arrays. ``in_report``: show this figure in ``freezebench report`` (under
+    ``section``, with ``title``)."""
+
+    name: str
     figure: Any = None
     data: Any = None
     title: str = ""
     arrays: dict[str, np.ndarray] | None = None
-
-
-@dataclass
-class TrialOutputs:
-    """What a trained trial's model produced on the test set."""
-
-    strategy: str
-    class_names: tuple[str, ...]
-    labels: np.ndarray  # (N,)
-    logits: np.ndarray  # (N, C) final-layer scores
-    penultimate: np.ndarray  # (N, D) the head's input features
-    head_weight: np.ndarray  # (C, D) of the final linear layer
-    head_bias: np.ndarray | None = None
-    saliency: "SaliencyMaps | None" = None  # Grad-CAM on a few chosen test images
+    in_report: bool = True
+    section: str = DEFAULT_SECTION
 
 
 @dataclass
@@ -72,31 +75,25 @@ class StudyRecords:
         return self.load_arrays(run_id, name) if self.load_arrays is not None else None
 
 
-@torch.no_grad()
-def collect_trial_outputs(model: torch.nn.Module, head: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                          norm, strategy: str, class_names, batch_size: int = 64, compute: Compute = CPU) -> TrialOutputs:
-    """Run the trained model on the test set, catching the final linear layer's input."""
-    final = head if isinstance(head, torch.nn.Linear) else [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
-    captured: list[torch.Tensor] = []
-    hook = final.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach().flatten(1).float().cpu()))
-    model.eval()
-    logits = []
-    try:
-        for start in range(0, len(labels), batch_size):
-            batch = compute.layout(norm(compute.batch(images[start : start + batch_size])))
-            with compute.autocast():
-                logits.append(model(batch).float().cpu())
-    finally:
-        hook.remove()
-    return TrialOutputs(
-        strategy=strategy,
-        class_names=tuple(class_names),
-        labels=labels.numpy(),
-        logits=torch.cat(logits).float().numpy(),
-        penultimate=torch.cat(captured).float().numpy(),
-        head_weight=final.weight.detach().float().cpu().numpy(),
-        head_bias=None if final.bias is None else final.bias.detach().float().cpu().numpy(),
-    )
+def best_per_group(trials: Iterable[dict], metric: str, group: Callable[[dict], Any]) -> dict[Any, dict]:
+    """The best complete trial of each group by ``best_val_<metric>``, the right way round for the
+    metric (lowest loss, highest F1). Ties keep the first trial seen; trials without the metric skip."""
+    key, higher = f"best_val_{metric}", HIGHER_IS_BETTER[metric]
+    best: dict[Any, dict] = {}
+    for t in trials:
+        value = t["metrics"].get(key)
+        if t.get("state") != "complete" or value is None or value != value:
+            continue
+        g = group(t)
+        if g not in best or (value > best[g]["metrics"][key] if higher else value < best[g]["metrics"][key]):
+            best[g] = t
+    return best
+
+
+def ranked(trials: Iterable[dict], metric: str) -> list[dict]:
+    """Trials best first by ``best_val_<metric>`` (stable for ties)."""
+    key = f"best_val_{metric}"
+    return sorted(trials, key=lambda t: t["metrics"][key], reverse=HIGHER_IS_BETTER[metric])
 
 
 def weight_class_correlation(outputs: TrialOutputs) -> np.ndarray:
@@ -125,27 +122,19 @@ def epochs_to_converge(val_loss: list[float], tolerance: float = 0.01) -> int:
 def best_per_case(s: StudyRecords) -> dict[str, dict]:
     """The best complete trial (by validation metric) of each case: a strategy with its own parameters
     ("linear_probe", "freeze_to k=5"), whatever the learning rate and other settings."""
-    from . import registry
+    own = {e.name: [p.name for p in e.obj.params] for e in plugins.strategies().entries()}
 
-    own = {e.name: [p.name for p in e.obj.params] for e in registry.strategies().entries()}
-    key = f"best_val_{s.metric}"
-    best: dict[str, dict] = {}
-    for t in s.trials:
-        if t["state"] != "complete" or key not in t["metrics"]:
-            continue
+    def case(t: dict) -> str:
         strategy = t["params"].get("strategy", "?")
-        case = " ".join([strategy, *(f"{p}={t['params'][p]}" for p in own.get(strategy, []) if p in t["params"])])
-        if case not in best or t["metrics"][key] > best[case]["metrics"][key]:
-            best[case] = t
-    return best
+        return " ".join([strategy, *(f"{p}={t['params'][p]}" for p in own.get(strategy, []) if p in t["params"])])
+
+    return best_per_group(s.trials, s.metric, case)
 
 
 def trial_analyses(outputs: TrialOutputs) -> list[Output]:
     """Run every installed trial-scope analysis on one trial's outputs."""
-    from . import registry
-
     results: list[Output] = []
-    for entry in registry.analyses().entries():
+    for entry in plugins.analyses().entries():
         if entry.obj.scope == "trial":
             results += entry.obj.run(outputs)
     return results

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from .errors import UserError
+if TYPE_CHECKING:  # torch is imported by whoever builds a model; registering a backbone needs none
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,6 @@ class Unit:
 
     name: str
     params: tuple[str, ...]
-    modules: tuple[str, ...] = ()  # module prefixes the unit covers (for BatchNorm handling)
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,6 @@ class Backbone:
 
     def unit_names(self) -> list[str]:
         return [u.name for u in self.units]
-
-    def unit_index(self, name_or_index) -> int:
-        if isinstance(name_or_index, int):
-            return name_or_index
-        try:
-            return self.unit_names().index(name_or_index)
-        except ValueError:
-            raise UserError(
-                f"Backbone {self.name!r} has no unit {name_or_index!r}; its units are: "
-                f"{', '.join(self.unit_names())}"
-            ) from None
 
     def param_count(self, unit: Unit) -> int:
         params = dict(self.model.named_parameters())

@@ -19,7 +19,7 @@ class ImageDataset:
 
     ``images`` is a sequence of uint8 arrays, each ``(H, W)`` (grayscale) or ``(H, W, 3)``;
     a stacked ``(N, H, W[, 3])`` array works too. ``split`` is None for data that comes without
-    splits: the protocol (``freezebench.protocols``) makes them. ``split_source`` says whether
+    splits: the protocol (``freezebench.suite.protocols``) makes them. ``split_source`` says whether
     the splits came with the data ("given") or were made by freezebench ("made").
     """
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-BN_POLICIES = ("eval", "frozen", "train")
+from .errors import UserError
+from .records import BN_POLICIES, DEFAULTS
+
+__all__ = ["BN_POLICIES", "PARAM_FILTERS", "StrategyParam", "Phase", "FreezePlan", "Strategy", "InvalidParams",
+           "plan_from_frozen", "parse_window", "resolve_strategy_params"]
+
 PARAM_FILTERS = ("all", "bias")
 
 
@@ -47,8 +52,8 @@ class FreezePlan:
 
     trainable: tuple[str, ...]
     frozen: tuple[str, ...]
-    head_lr_mult: float = 10.0
-    bn_policy: str = "eval"
+    head_lr_mult: float = DEFAULTS["head_lr_mult"]
+    bn_policy: str = DEFAULTS["bn_policy"]
     pretrained: bool = True
     lr_mult: Mapping[str, float] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()
@@ -77,6 +82,9 @@ class FreezePlan:
 
 
 class Strategy(Protocol):
+    """What a strategy plugin registers. Optional: ``colour`` (a matplotlib colour for this strategy
+    in every figure; without one it gets a stable colour from a default palette)."""
+
     name: str
     summary: str
     params: tuple[StrategyParam, ...]
@@ -102,8 +110,59 @@ def plan_from_frozen(
     return FreezePlan(
         trainable=tuple(u for u in units if u not in frozen),
         frozen=tuple(u for u in units if u in frozen),
-        head_lr_mult=float(params.get("head_lr_mult", 10.0)),
-        bn_policy=str(params.get("bn_policy", "eval")),
+        head_lr_mult=float(params.get("head_lr_mult", DEFAULTS["head_lr_mult"])),
+        bn_policy=str(params.get("bn_policy", DEFAULTS["bn_policy"])),
         pretrained=pretrained,
         **extra,
     )
+
+
+def parse_window(value: Any, units: Sequence[str], backbone: str) -> tuple[int, int]:
+    """"A..B" (unit names or indices, inclusive) or "all" -> (start, end) with end exclusive."""
+    units = list(units)
+    if value == "all":
+        return 0, len(units)
+    if not isinstance(value, str) or ".." not in value:
+        raise UserError(f"A window is a string \"A..B\" of unit names or indices (inclusive), or \"all\"; got {value!r}.")
+    ends = []
+    for part in value.split("..", 1):
+        part = part.strip()
+        if part.lstrip("-").isdigit():
+            i = int(part)
+            i = i + len(units) if i < 0 else i
+        elif part in units:
+            i = units.index(part)
+        else:
+            i = -1
+        if not 0 <= i < len(units):
+            raise UserError(f"Window {value!r}: backbone {backbone!r} has no unit {part!r}; its units are: {', '.join(units)}")
+        ends.append(i)
+    if ends[0] > ends[1]:
+        raise UserError(f"Window {value!r}: {units[ends[0]]} comes after {units[ends[1]]} in backbone {backbone!r}.")
+    return ends[0], ends[1] + 1
+
+
+def resolve_strategy_params(strategy: Strategy, backbone_name: str, units: Sequence[str], params: dict[str, Any]) -> dict[str, Any]:
+    """Check unit parameters against the backbone's units; turn windows into (start, end) pairs."""
+    units = list(units)
+    n, out = len(units), dict(params)
+    for spec in strategy.params:
+        if spec.name not in params:
+            if spec.default is None:
+                raise UserError(f"Strategy {strategy.name!r} needs parameter {spec.name!r} ({spec.help}).")
+            out[spec.name] = spec.default
+            continue
+        value = params[spec.name]
+        if spec.kind == "window":
+            out[spec.name] = parse_window(value, units, backbone_name)
+        elif spec.kind == "unit":
+            if isinstance(value, int) and not isinstance(value, bool) and -n <= value < 0:
+                value = out[spec.name] = value + n  # counted from the end
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+                raise UserError(
+                    f"Strategy {strategy.name!r}: {spec.name}={value!r} is outside 0..{n} for backbone "
+                    f"{backbone_name!r}, whose {n} units are: {', '.join(units)}"
+                )
+            if spec.after and isinstance(out.get(spec.after), int) and value < out[spec.after]:
+                raise InvalidParams(f"{spec.name}={value} is below {spec.after}={out[spec.after]}")
+    return out

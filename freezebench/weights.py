@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from .errors import UserError
 
@@ -31,6 +34,8 @@ def fetch(url: str, sha256: str | None = None) -> Path:
     """Download ``url`` into torch's hub cache (``$TORCH_HOME/hub/checkpoints``) unless already there."""
     from urllib.parse import urlparse
 
+    import torch
+
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / (Path(urlparse(url).path).name or "weights.pth")
@@ -47,6 +52,8 @@ def fetch(url: str, sha256: str | None = None) -> Path:
 
 
 def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Weights file not found: {path}. Check the 'weights' path in your config.")

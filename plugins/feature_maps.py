@@ -1,6 +1,10 @@
 """Feature-map views of trained trials (paper 004, Figs 8-10): Grad-CAM on chosen test images and the
 deconvnet view of a few layers, per trial and for each case's best trial side by side, most frozen
-left, most fine-tuned right."""
+left, most fine-tuned right.
+
+The maps are computed when a trial is trained (the ``trial_trained`` lifecycle hook) and handed to
+the trial analyses on ``TrialOutputs.saliency``: disable this plugin
+(``FREEZEBENCH_DISABLE_PLUGINS=feature_maps``) and no trial pays for them."""
 
 from __future__ import annotations
 
@@ -8,18 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from freezebench.analysis import Output, StudyRecords, TrialOutputs, best_per_case, colour
-from freezebench.figures import pyplot
-from freezebench.hookspecs import hookimpl
-from freezebench.saliency import upsample
+from freezebench import hookimpl
+from freezebench.analysis import Output, StudyRecords, TrialOutputs, best_per_case, colour, pyplot, ranked
+
 
 
 def comparable_cases(s: StudyRecords, artifact: str, at_most: int, *same: str) -> list[tuple[str, dict, dict]]:
     """(case, trial, arrays) for the best trial of up to ``at_most`` cases (the best first by validation
     metric) that logged ``artifact`` with the same ``same`` arrays as the first, sorted most frozen first."""
-    key = f"best_val_{s.metric}"
+    best = best_per_case(s)
+    cases = {t["run_id"]: case for case, t in best.items()}
     columns = []
-    for case, t in sorted(best_per_case(s).items(), key=lambda kv: -kv[1]["metrics"][key])[:at_most]:
+    for t in ranked(best.values(), s.metric)[:at_most]:
+        case = cases[t["run_id"]]
         arrays = s.arrays(t["run_id"], artifact)
         if arrays is not None:
             columns.append((case, t, arrays))
@@ -45,6 +50,8 @@ def _bare(ax) -> None:
 
 def _overlay(ax, image: np.ndarray, cam: np.ndarray) -> None:
     """The image in grey with its Grad-CAM map (upsampled to the image) in colour on top."""
+    from .saliency import upsample  # torch: only when a figure is drawn
+
     ax.imshow(image.mean(-1) if image.shape[-1] == 3 and (image[..., 0] == image[..., 1]).all() else image,
               cmap="gray", vmin=0, vmax=255)
     ax.imshow(upsample(cam, image.shape[0]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -193,6 +200,17 @@ class DeconvComparison:
                  "channels": arrays["channels"][:, :images].tolist()} for case, t, arrays in columns]
         return [Output("deconv_comparison.png", figure=fig, title=f"{view} view per layer, frozen to fine-tuned"),
                 Output("deconv_comparison.json", data=data)]
+
+
+@hookimpl
+def trial_trained(trial):
+    """Grad-CAM and the deconvnet view of the trained model on a few test images."""
+    from .deconv import unit_layers  # torch: only when a trial is trained, not when plugins load
+    from .saliency import saliency_maps
+
+    trial.outputs.saliency = saliency_maps(
+        trial.backbone.model, trial.test_images, trial.test_labels, trial.normalize, trial.compute,
+        layers=unit_layers(trial.backbone.model, trial.backbone.units, trial.config.image_size))
 
 
 @hookimpl

@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from freezebench.dataset import SPLITS, DatasetSpec, ImageDataset
 from freezebench.errors import UserError
@@ -87,6 +86,8 @@ def fetch_medmnist(flag: str, root=None, url: str | None = None, md5: str | None
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
         try:
+            import torch
+
             torch.hub.download_url_to_file(source, str(partial), progress=False)
         except Exception as exc:
             partial.unlink(missing_ok=True)

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from freezebench.analysis import (Output, StudyRecords, TrialOutputs, best_per_case, colour, epochs_to_converge,
+from freezebench import hookimpl
+from freezebench.analysis import (Output, StudyRecords, TrialOutputs, best_per_case, colour, epochs_to_converge, pyplot,
                                   weight_class_correlation)
-from freezebench.figures import pyplot
-from freezebench.hookspecs import hookimpl
 
 
 @dataclass(frozen=True)

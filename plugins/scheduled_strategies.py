@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from freezebench.hookspecs import hookimpl
+from freezebench import hookimpl
 from freezebench.strategy import FreezePlan, InvalidParams, Phase, StrategyParam, plan_from_frozen
 
 
 @dataclass(frozen=True)
 class GradualUnfreeze:
     name: str = "gradual_unfreeze"
+    colour: str = "#bcbd22"  # the same colour in every figure
     summary: str = "start with the head only; unfreeze one more unit from the top every `every` epochs"
     params: tuple[StrategyParam, ...] = (
         StrategyParam("every", "int", "epochs between two unfreezing steps", default=1),
@@ -36,6 +37,7 @@ class GradualUnfreeze:
 @dataclass(frozen=True)
 class LinearProbeThenFineTune:
     name: str = "lp_ft"
+    colour: str = "#17becf"  # the same colour in every figure
     summary: str = "linear probe for lp_epochs, then fine-tune everything at ft_lr_scale x the LR"
     params: tuple[StrategyParam, ...] = (
         StrategyParam("lp_epochs", "int", "epochs of linear probing before fine-tuning", default=1),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from freezebench.backbone import Backbone, BackboneSpec, Unit, WeightsRequest
 from freezebench.errors import UserError
 from freezebench.hookspecs import hookimpl
@@ -63,6 +61,8 @@ def _unit_name(param_names: list[str]) -> str:
 def _module_groups(model) -> dict[int, list[str]]:
     """For models without a group matcher: parameters grouped by top-level module, and by child of a
     top-level Sequential/ModuleList (``stages.0``, ``stages.1``), in registration order."""
+    from torch import nn
+
     keys: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
         parts = name.split(".")

@@ -10,7 +10,7 @@ freezebench (tv_mobilenet_v2), or torchvision's download.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from freezebench.backbone import Backbone, BackboneSpec, Unit, WeightsRequest
 from freezebench.errors import UserError
@@ -19,6 +19,9 @@ from freezebench.torch_compat import ensure_torchvision_importable
 from freezebench.weights import is_url, load_into, match_state_dict
 
 from .timm_backbones import build as timm_build
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODELS = {
     # name: (torchvision builder, head module path)
@@ -81,6 +84,8 @@ def _download(name: str, model: nn.Module) -> str:
 
 
 def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
+    from torch import nn
+
     model = _create(name, pretrained_layout=weights.pretrained)
     head_path = MODELS[name][1]
     sha = None
@@ -118,6 +123,8 @@ def _params_of(model: nn.Module, prefix: str) -> tuple[str, ...]:
 
 
 def block_units(name: str, model: nn.Module, head_path: str) -> tuple[Unit, ...]:
+    from torch import nn
+
     units: list[Unit] = []
     if name == "alexnet" or name.startswith("vgg"):
         # conv layers grouped into blocks ending at each max-pool (VGG) or one per conv (AlexNet)

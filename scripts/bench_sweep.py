@@ -33,19 +33,19 @@ LRS = (1e-4, 1e-3, 1e-2)
 
 
 def _dataset():
-    from freezebench import registry
-    from freezebench.protocols import Protocol, apply_protocol
+    from freezebench import plugins as registry
+    from freezebench.suite.protocols import SplitProtocol, apply_protocol
 
     ds = registry.datasets().get("brain_tumor_mri").load(root=str(DATA))
-    return apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": [7, 1.5, 1.5]}, "bench"))[0]
+    return apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "ratios": [7, 1.5, 1.5]}, "bench"))[0]
 
 
 def run_mode(mode: str, sizes: list[int], epochs: int, ks: list[int]) -> dict:
     import torch
 
-    from freezebench import registry
+    from freezebench import plugins as registry
     from freezebench.backbone import WeightsRequest
-    from freezebench.trial import DataCache, TrialConfig, run_trial
+    from freezebench.engine.trial import DataCache, TrialConfig, run_trial
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = _dataset()
@@ -71,14 +71,14 @@ def run_limit(sizes: list[int], epochs: int, ks: list[int]) -> dict:
     """Time the necessary work alone: each prefix forward once, then each trial's suffix epochs."""
     import torch
 
-    from freezebench import registry
+    from freezebench import plugins as registry
     from freezebench.backbone import WeightsRequest
-    from freezebench.device import resolve_compute
-    from freezebench.preprocess import Normalizer
-    from freezebench.prefix import CachedSuffix, cut_point, decompose, prefix_features
-    from freezebench.trial import DataCache, TrialConfig, build_and_plan
-    from freezebench.training import SplitTensors, make_optimizer, train
-    from freezebench.freeze import param_groups
+    from freezebench.engine.device import resolve_compute
+    from freezebench.engine.preprocess import Normalizer
+    from freezebench.engine.prefix import CachedSuffix, cut_point, decompose, prefix_features
+    from freezebench.engine.trial import DataCache, TrialConfig, build_and_plan
+    from freezebench.engine.training import SplitTensors, make_optimizer, train
+    from freezebench.engine.freeze import param_groups
 
     dataset = _dataset()
     spec, strategy = registry.backbones().get("mobilenetv2_100"), registry.strategies().get("freeze_to")

@@ -71,6 +71,18 @@ def run_cli_subprocess(*args: str, cwd=None, env_extra: dict | None = None, time
     )
 
 
+def pip_install(package: Path, target: Path) -> dict:
+    """``pip install`` a plugin package (no deps: freezebench is already here) into its own target;
+    returns the environment that puts it on the path."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "--target", str(target), str(package)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {"PYTHONPATH": str(target)}
+
+
 def write_suite(path: Path, npz: Path, *, strategy='["linear_probe", "freeze_to", "full"]', n_trials=3, extra="") -> Path:
     path.write_text(
         f"""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.analysis import TrialOutputs, epochs_to_converge, weight_class_correlation
 
 from .conftest import ROOT, write_suite
@@ -48,7 +48,7 @@ def test_epochs_to_converge():
 
 @pytest.mark.parametrize("name", ["output_scores", "fc_weights", "weight_class_correlation"])
 def test_trial_figures_are_real_images(name, tmp_path):
-    outputs = registry.analyses().get(name).run(_outputs())
+    outputs = plugins.analyses().get(name).run(_outputs())
     figure = next(o for o in outputs if o.figure is not None)
     path = tmp_path / figure.name
     figure.figure.savefig(path)
@@ -60,7 +60,7 @@ def test_trial_figures_are_real_images(name, tmp_path):
 
 def test_output_scores_two_classes_are_the_logits():
     o = _outputs(classes=2)
-    data = next(x.data for x in registry.analyses().get("output_scores").run(o) if x.data)
+    data = next(x.data for x in plugins.analyses().get("output_scores").run(o) if x.data)
     assert np.allclose(np.array(data["points"]), o.logits, atol=1e-6) and data["axes"] == ["score: c0", "score: c1"]
 
 
@@ -98,8 +98,8 @@ def test_trial_runs_carry_the_trial_analyses(sweep):
 
 
 def _records(sweep):
-    from freezebench.report import study_records
-    from freezebench.tracking import Tracker
+    from freezebench.results.report import study_records
+    from freezebench.results.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{sweep / 'mlflow.db'}")
     exp = tracker.client.get_experiment_by_name("tinybreast")
@@ -118,7 +118,7 @@ def _best_of_each_k(records):
 
 def test_roc_per_case_is_each_cases_best_trial_with_its_recorded_auc(sweep):
     records = _records(sweep)
-    outputs = registry.analyses().get("roc_per_case").run(records)
+    outputs = plugins.analyses().get("roc_per_case").run(records)
     data = next(o.data for o in outputs if o.data)
     best = _best_of_each_k(records)
     assert [d["case"] for d in data] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]  # most frozen first
@@ -131,7 +131,7 @@ def test_roc_per_case_is_each_cases_best_trial_with_its_recorded_auc(sweep):
 
 def test_grad_cam_comparison_puts_each_cases_maps_side_by_side(sweep):
     records = _records(sweep)
-    outputs = registry.analyses().get("grad_cam_comparison").run(records)
+    outputs = plugins.analyses().get("grad_cam_comparison").run(records)
     columns = next(o.data for o in outputs if o.data)
     best = _best_of_each_k(records)
     assert [c["case"] for c in columns] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]
@@ -143,14 +143,14 @@ def test_grad_cam_comparison_puts_each_cases_maps_side_by_side(sweep):
     assert len(figure.axes) == 4 * (1 + 3)  # 4 chosen images x (the image + 3 cases)
     first = records.arrays(columns[0]["run_id"], "grad_cam.npz")
     shown = figure.axes[1].get_images()[1].get_array()  # the first case's overlay of the first image
-    from freezebench.saliency import upsample
+    from freezebench_plugins.saliency import upsample
 
     assert np.allclose(np.asarray(shown), upsample(first["cams"][0], first["images"].shape[1]))
 
 
 def test_deconv_comparison_shows_each_cases_views_per_layer(sweep):
     records = _records(sweep)
-    outputs = registry.analyses().get("deconv_comparison").run(records)
+    outputs = plugins.analyses().get("deconv_comparison").run(records)
     columns = next(o.data for o in outputs if o.data)
     best = _best_of_each_k(records)
     assert [c["case"] for c in columns] == ["freeze_to k=8", "freeze_to k=5", "freeze_to k=2"]
@@ -169,13 +169,13 @@ def test_deconv_comparison_shows_each_cases_views_per_layer(sweep):
 def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
     records = _records(sweep)
     assert len(records.trials) == 6
-    outputs = registry.analyses().get("metric_vs_freeze_point").run(records)
+    outputs = plugins.analyses().get("metric_vs_freeze_point").run(records)
     data = next(o.data for o in outputs if o.data)
     assert set(data) == {"0.001", "0.01"}
     for t in records.trials:
         point = next(p for p in data[f"{float(t['params']['lr']):g}"] if p["k"] == int(t["params"]["k"]))
         assert point["test_f1"] == t["metrics"]["test_f1"] and point["val_f1"] == t["metrics"]["best_val_f1"]
-    curves = next(o.data for o in registry.analyses().get("val_loss_curves").run(records) if o.data)
+    curves = next(o.data for o in plugins.analyses().get("val_loss_curves").run(records) if o.data)
     assert len(curves) == 6 and all(c["epochs_to_converge"] == 1 for c in curves)  # one epoch each
 
 

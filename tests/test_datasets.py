@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.errors import UserError
-from freezebench.protocols import Protocol, apply_protocol
+from freezebench.suite.protocols import SplitProtocol, apply_protocol
 
 from .conftest import SHARED, SHIPPED_NPZ
 
@@ -23,7 +23,7 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not pr
 
 
 def load(name, **options):
-    return registry.datasets().get(name).load(**options)
+    return plugins.datasets().get(name).load(**options)
 
 
 @needs_data
@@ -62,7 +62,7 @@ def test_ph2_tasks():
 ])
 def test_made_splits_are_stratified_subject_level_and_clean(name, subdir, options, ratios):
     ds = load(name, root=str(DATA / subdir), **options)
-    split, report = apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": list(ratios)}, "t"))
+    split, report = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "ratios": list(ratios)}, "t"))
     assert report.clean and split.split_source == "made"
     for subject in np.unique(split.groups):  # no subject in two splits
         assert len(set(split.split[split.groups == subject])) == 1
@@ -72,22 +72,22 @@ def test_made_splits_are_stratified_subject_level_and_clean(name, subdir, option
     for s in ("train", "val", "test"):  # every class in every split, in proportion
         labels = split.labels[split.split == s]
         assert len(np.unique(labels)) == len(ds.classes)
-    again, _ = apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": list(ratios)}, "t"))
+    again, _ = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "ratios": list(ratios)}, "t"))
     assert again.split_hash() == split.split_hash()  # seeded
-    other, _ = apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": list(ratios), "split_seed": 1}, "t"))
+    other, _ = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "ratios": list(ratios), "split_seed": 1}, "t"))
     assert other.split_hash() != split.split_hash()
 
 
 @needs_data
 def test_brain_mri_duplicates_stay_in_one_split_and_image_level_split_leaks():
     ds = load("brain_tumor_mri", root=str(DATA / "brain-tumor-mri"))
-    from freezebench.leakage import near_duplicate_pairs
+    from freezebench.suite.leakage import near_duplicate_pairs
 
     pairs = near_duplicate_pairs(ds.images)
     assert len(pairs) >= 50  # the Kaggle set holds repeated images
-    split, report = apply_protocol(ds, Protocol.from_options({"split": "ratio"}, "t"))
+    split, report = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio"}, "t"))
     assert all(split.split[i] == split.split[j] for i, j in pairs) and report.clean
-    leaky, report = apply_protocol(ds, Protocol.from_options({"split": "ratio", "level": "image"}, "t"))
+    leaky, report = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "level": "image"}, "t"))
     assert report.duplicates and "image level" in report.summary()
 
 
@@ -96,7 +96,7 @@ def test_kfold_is_subject_level_and_covers_everything():
     ds = load("oasis1", root=str(DATA / "oasis1-slices"), view="all")
     tests = []
     for fold in range(5):
-        split, report = apply_protocol(ds, Protocol.from_options({"split": "kfold", "folds": 5, "fold": fold}, "t"))
+        split, report = apply_protocol(ds, SplitProtocol.from_options({"split": "kfold", "folds": 5, "fold": fold}, "t"))
         assert report.clean
         tests.append(set(split.groups[split.split == "test"]))
         for subject in np.unique(split.groups):
@@ -125,11 +125,11 @@ def test_csv_manifest_given_splits_and_planted_leaks(tmp_path):
     rows.append("a/copy.png,a,s99,test")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     ds = load("csv_manifest", path=str(tmp_path / "m.csv"))
-    split, report = apply_protocol(ds, Protocol())
+    split, report = apply_protocol(ds, SplitProtocol())
     assert split.split_source == "given" and len(report.duplicates) == 1
     # a subject in two splits is found too
     (tmp_path / "m.csv").write_text("\n".join(rows[:-1] + ["a/copy.png,a,s0,test"]) + "\n")
-    _, report = apply_protocol(load("csv_manifest", path=str(tmp_path / "m.csv")), Protocol())
+    _, report = apply_protocol(load("csv_manifest", path=str(tmp_path / "m.csv")), SplitProtocol())
     assert report.subjects == {"s0": ["test", "train"]}
 
 
@@ -180,7 +180,7 @@ def test_split_left_with_one_class(tmp_path):
     _write_images(tmp_path / "b", 1, 2)
     ds = load("image_folder", root=str(tmp_path))
     with pytest.raises(UserError, match="split '(val|test)' holds only class 'a'"):
-        apply_protocol(ds, Protocol.from_options({"split": "ratio"}, "t"))
+        apply_protocol(ds, SplitProtocol.from_options({"split": "ratio"}, "t"))
 
 
 @pytest.fixture

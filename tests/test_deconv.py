@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.analysis import StudyRecords, TrialOutputs
 from freezebench.backbone import WeightsRequest
-from freezebench.deconv import deconv_views, default_rule, to_display, unit_layers
-from freezebench.saliency import SaliencyMaps
-from freezebench.trial import DataCache, TrialConfig, run_trial
+from freezebench_plugins.deconv import deconv_views, default_rule, to_display, unit_layers
+from freezebench_plugins.saliency import SaliencyMaps
+from freezebench.engine.trial import DataCache, TrialConfig, run_trial
 
 
 class _Small(nn.Module):
@@ -73,7 +73,7 @@ def test_views_equal_the_deconvnet_built_by_hand():
 @pytest.mark.parametrize("backbone,rule", [("tv_alexnet", "deconvnet"), ("tv_vgg16", "deconvnet"),
                                            ("mobilenetv2_100", "guided"), ("resnet18", "guided")])
 def test_the_rule_follows_how_the_network_downsamples(backbone, rule):
-    assert default_rule(registry.backbones().get(backbone).build(2, WeightsRequest(False)).model) == rule
+    assert default_rule(plugins.backbones().get(backbone).build(2, WeightsRequest(False)).model) == rule
 
 
 def test_display_maps_zero_to_grey_and_the_scale_to_the_extremes():
@@ -97,7 +97,7 @@ def test_display_maps_zero_to_grey_and_the_scale_to_the_extremes():
     ("tv_mobilenet_v2", 64, ("features.0", "features.0"), ("features.18", "features.18")),
 ])
 def test_layers_are_freeze_units_from_first_to_last(backbone, size, first, last):
-    built = registry.backbones().get(backbone).build(2, WeightsRequest(False))
+    built = plugins.backbones().get(backbone).build(2, WeightsRequest(False))
     layers = unit_layers(built.model, built.units, size)
     assert 2 <= len(layers) <= 5 and layers[0] == first and layers[-1] == last
     names = [u.name for u in built.units]
@@ -110,8 +110,8 @@ def test_layers_are_freeze_units_from_first_to_last(backbone, size, first, last)
 
 def test_trials_carry_deconv_views(tiny_dataset):
     cfg = TrialConfig(strategy="linear_probe", lr=0.001, epochs=1, batch_size=8, image_size=48)
-    result = run_trial(cfg, tiny_dataset, registry.backbones().get("mobilenetv2_100"), WeightsRequest(True),
-                       registry.strategies().get("linear_probe"), DataCache())
+    result = run_trial(cfg, tiny_dataset, plugins.backbones().get("mobilenetv2_100"), WeightsRequest(True),
+                       plugins.strategies().get("linear_probe"), DataCache())
     maps = result.outputs.saliency
     assert maps.deconv_layers == ("conv_stem+bn1", "blocks.1", "blocks.3", "blocks.4", "blocks.6.0+conv_head+bn2")
     assert maps.deconv.shape == (len(maps.deconv_layers), 2, 48, 48, 3) and maps.deconv.dtype == np.uint8
@@ -132,7 +132,7 @@ def test_deconv_figure_per_trial(tmp_path):
     for i, strategy in enumerate(["full", "linear_probe"]):
         outputs = TrialOutputs(strategy, ("benign", "malignant"), np.array([0, 1]), np.zeros((2, 2)), np.zeros((2, 3)),
                                np.zeros((2, 3)), saliency=_maps(rng))
-        out = registry.analyses().get("deconv_view").run(outputs)
+        out = plugins.analyses().get("deconv_view").run(outputs)
         arrays = next(o.arrays for o in out if o.arrays is not None)
         assert arrays["indices"].tolist() == [0, 4] and arrays["layers"].tolist() == list(outputs.saliency.deconv_layers)
         assert np.array_equal(arrays["views"], outputs.saliency.deconv) and arrays["labels"].tolist() == [0, 1]
@@ -151,7 +151,7 @@ def test_comparison_orders_cases_most_frozen_first(tmp_path):
     for i, (strategy, trainable, f1) in enumerate([("full", 2.2e6, 0.7), ("linear_probe", 2562, 0.8), ("freeze_to", 1e6, 0.75)]):
         outputs = TrialOutputs(strategy, ("benign", "malignant"), np.array([0, 1]), np.zeros((2, 2)), np.zeros((2, 3)),
                                np.zeros((2, 3)), saliency=_maps(rng))
-        per_trial[f"r{i}"] = next(o.arrays for o in registry.analyses().get("deconv_view").run(outputs) if o.arrays is not None)
+        per_trial[f"r{i}"] = next(o.arrays for o in plugins.analyses().get("deconv_view").run(outputs) if o.arrays is not None)
         trials.append({"run_id": f"r{i}", "run_name": f"t{i}", "state": "complete",
                        "params": {"strategy": strategy, **({"k": "5"} if strategy == "freeze_to" else {})},
                        "metrics": {"best_val_f1": f1, "trainable_params": trainable}})
@@ -160,7 +160,7 @@ def test_comparison_orders_cases_most_frozen_first(tmp_path):
                    "metrics": {"best_val_f1": 0.6, "trainable_params": 5e4}})
     records = StudyRecords("s", "d", "f1", ("benign", "malignant"), trials,
                            lambda run, name: per_trial.get(run) if name == "deconv_view.npz" else None)
-    out = registry.analyses().get("deconv_comparison").run(records)
+    out = plugins.analyses().get("deconv_comparison").run(records)
     data = next(o.data for o in out if o.data is not None)
     assert [d["run"] for d in data] == ["t1", "t2", "t0"]  # linear probe, freeze_to, full; bitfit's layers differ
     assert data[0]["channels"] == per_trial["r1"]["channels"].tolist() and data[0]["rule"] == "guided"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest
 
 from .test_weights import TV_SHA, TV_WEIGHTS
@@ -43,7 +43,7 @@ def test_describe_table_and_unknown_backbone(cli):
 
 @pytest.mark.skipif(not TV_WEIGHTS.is_file(), reason="../shared/weights not present")
 def test_torchvision_mobilenet_v2_loads_its_own_file_like_the_shipped_one():
-    spec = registry.backbones().get("tv_mobilenet_v2")
+    spec = plugins.backbones().get("tv_mobilenet_v2")
     own = spec.build(2, WeightsRequest(file=str(TV_WEIGHTS), sha256=TV_SHA))
     shipped = spec.build(2, WeightsRequest())
     assert own.weights_source == f"file:{TV_WEIGHTS}" and shipped.weights_source.startswith("shipped:")

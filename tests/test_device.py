@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest
-from freezebench.device import resolve_compute
+from freezebench.engine.device import resolve_compute
 from freezebench.errors import UserError
-from freezebench.trial import DataCache, TrialConfig, run_trial
+from freezebench.engine.trial import DataCache, TrialConfig, run_trial
 
 HAS_CUDA = torch.cuda.is_available()
 
 
 def _trial(dataset, cache=None, lr=0.001, **kw):
     cfg = TrialConfig(strategy="freeze_to", strategy_params={"k": 4}, lr=lr, epochs=2, batch_size=8, image_size=32, **kw)
-    return run_trial(cfg, dataset, registry.backbones().get("mobilenetv2_100"), WeightsRequest(True),
-                     registry.strategies().get("freeze_to"), cache or DataCache())
+    return run_trial(cfg, dataset, plugins.backbones().get("mobilenetv2_100"), WeightsRequest(True),
+                     plugins.strategies().get("freeze_to"), cache or DataCache())
 
 
 def test_auto_resolves_to_this_machine():

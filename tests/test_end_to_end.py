@@ -124,7 +124,7 @@ def test_diverging_trials_are_recorded_as_failed_and_the_suite_goes_on(tmp_path,
 def test_interrupted_trial_is_run_again_on_resume(tmp_path, tiny_npz, cli, monkeypatch):
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2)
     results = tmp_path / "results"
-    import freezebench.runner as runner
+    import freezebench.suite.runner as runner
 
     real_run_trial, calls = runner.run_trial, []
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from freezebench import plugins, registry
+from freezebench import plugins
 from freezebench.errors import PluginError, UserError
 from freezebench.hookspecs import hookimpl
 from freezebench.strategy import plan_from_frozen
@@ -26,10 +26,10 @@ def test_first_party_plugins_load_through_entry_points(fresh_plugins):
 
 
 def test_registries_hold_first_party_components(fresh_plugins):
-    assert {"linear_probe", "full", "scratch", "freeze_to"} <= {e.name for e in registry.strategies().entries()}
-    assert registry.datasets().entry("breastmnist").plugin == "medmnist"
-    assert registry.backbones().entry("mobilenetv2_100").plugin == "timm"
-    matched = [e.name for e in registry.backbones().entries("resnet1?")]
+    assert {"linear_probe", "full", "scratch", "freeze_to"} <= {e.name for e in plugins.strategies().entries()}
+    assert plugins.datasets().entry("breastmnist").plugin == "medmnist"
+    assert plugins.backbones().entry("mobilenetv2_100").plugin == "timm"
+    matched = [e.name for e in plugins.backbones().entries("resnet1?")]
     assert "resnet18" in matched and all(len(n) == 8 and n.startswith("resnet1") for n in matched)
 
 
@@ -53,7 +53,7 @@ class _CopycatPlugin:
 def test_duplicate_name_fails_naming_both_plugins(fresh_plugins):
     plugins.register_plugin(_CopycatPlugin(), name="copycat")
     with pytest.raises(PluginError) as exc:
-        registry.strategies()
+        plugins.strategies()
     message = str(exc.value)
     assert "'full'" in message and "'strategies'" in message and "'copycat'" in message
 
@@ -65,20 +65,20 @@ def test_inline_plugin_registers_and_unregisters(fresh_plugins):
             register(_Copycat(name="inline_full"))
 
     plugins.register_plugin(Extra(), name="extra")
-    assert "inline_full" in registry.strategies()
+    assert "inline_full" in plugins.strategies()
     plugins.unregister_plugin("extra")
-    assert "inline_full" not in registry.strategies()
+    assert "inline_full" not in plugins.strategies()
 
 
 def test_unknown_name_lists_installed_and_suggests(fresh_plugins):
     with pytest.raises(UserError) as exc:
-        registry.strategies().get("ful")
+        plugins.strategies().get("ful")
     message = str(exc.value)
     assert "Unknown strategy: 'ful'" in message
     assert "Did you mean: full" in message
     assert "linear_probe" in message and "freeze_to" in message
     with pytest.raises(UserError, match="freezebench list backbones"):
-        registry.backbones().get("no_such_net")
+        plugins.backbones().get("no_such_net")
 
 
 def _fake_distribution(tmp_path, name: str, module_source: str, entry_name: str):
@@ -108,7 +108,7 @@ def test_broken_plugin_is_reported_by_name(tmp_path, fresh_plugins, monkeypatch)
 def test_load_plugins_env_restricts(fresh_plugins, monkeypatch):
     monkeypatch.setenv("FREEZEBENCH_LOAD_PLUGINS", "strategies")
     assert [p.name for p in plugins.list_plugins()] == ["strategies"]
-    assert registry.backbones().entries() == []
+    assert plugins.backbones().entries() == []
 
 
 def test_cli_reports_broken_and_duplicate_plugins(tmp_path):
@@ -169,4 +169,4 @@ def test_every_hook_is_documented_and_tested():
     for hook in hooks:
         assert f"`{hook}(register)`" in guide, f"{hook} is not documented in docs/plugin-guide.md"
         kind = hook.removeprefix("register_")
-        assert f"registry.{kind}()" in tests, f"{hook} is not exercised by the tests"
+        assert f"plugins.{kind}()" in tests, f"{hook} is not exercised by the tests"

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest
-from freezebench.prefix import decompose
-from freezebench.trial import DataCache, TrialConfig, run_trial
+from freezebench.engine.prefix import decompose
+from freezebench.engine.trial import DataCache, TrialConfig, run_trial
 
 
 def trial(dataset, backbone="mobilenetv2_100", strategy="freeze_to", data_cache=None, pretrained=True, **kw):
     params = kw.pop("strategy_params", {"k": 4} if strategy == "freeze_to" else {})
     kw = {"lr": 0.005, "epochs": 2, "batch_size": 8, "image_size": 32, **kw}
     cfg = TrialConfig(strategy=strategy, strategy_params=params, **kw)
-    return run_trial(cfg, dataset, registry.backbones().get(backbone), WeightsRequest(pretrained),
-                     registry.strategies().get(strategy), data_cache or DataCache())
+    return run_trial(cfg, dataset, plugins.backbones().get(backbone), WeightsRequest(pretrained),
+                     plugins.strategies().get(strategy), data_cache or DataCache())
 
 
 @pytest.mark.parametrize("backbone,strategy,params", [
@@ -62,7 +62,7 @@ def test_cache_is_off_with_its_reason(tiny_dataset, kw, reason):
 
 
 def test_features_are_computed_once_per_prefix(tiny_dataset, monkeypatch):
-    import freezebench.trial as trial_mod
+    import freezebench.engine.trial as trial_mod
 
     calls = []
     real = trial_mod.prefix_features
@@ -76,7 +76,7 @@ def test_features_are_computed_once_per_prefix(tiny_dataset, monkeypatch):
 
 
 def test_a_deeper_freeze_point_starts_from_cached_features(tiny_dataset, monkeypatch):
-    import freezebench.trial as trial_mod
+    import freezebench.engine.trial as trial_mod
 
     runs = []
     real = trial_mod.prefix_features
@@ -107,6 +107,6 @@ def test_fp16_features_stay_close(tiny_dataset):
 
 
 def test_undecomposable_model_says_why():
-    b = registry.backbones().get("tv_mobilenet_v2").build(2, WeightsRequest(False))
+    b = plugins.backbones().get("tv_mobilenet_v2").build(2, WeightsRequest(False))
     assert "does not run" in decompose(b, 64).reason  # its forward() pools with a function call
     assert decompose(b, 32).reason == ""  # ... which a 1x1 feature map makes a plain flatten: checked, so usable

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from freezebench import registry
-from freezebench.augment import augment_array, augment_batch
+from freezebench import plugins
+from freezebench.engine.augment import augment_array, augment_batch
 from freezebench.errors import UserError
-from freezebench.preprocess import resize_images
-from freezebench.protocols import Protocol, apply_protocol
-from freezebench.trial import DataCache
+from freezebench.engine.preprocess import resize_images
+from freezebench.suite.protocols import SplitProtocol, apply_protocol
+from freezebench.engine.trial import DataCache
 
 from .conftest import write_suite
 
@@ -43,7 +43,7 @@ def volume_dir(tmp_path):
 
 
 def load(name, **options):
-    return registry.datasets().get(name).load(**options)
+    return plugins.datasets().get(name).load(**options)
 
 
 def test_volumes_take_mid_slices_one_subject_per_volume(volume_dir):
@@ -54,7 +54,7 @@ def test_volumes_take_mid_slices_one_subject_per_volume(volume_dir):
     assert sorted(set(ds.groups)) == [f"S{i}" for i in range(8)]
     other_axis = load("volumes", root=str(volume_dir), slices=4, axis=0)
     assert {im.shape for im in other_axis.images} == {(24, 16)}
-    split, report = apply_protocol(ds, Protocol.from_options({"split": "ratio", "ratios": [2, 1, 1]}, "t"))
+    split, report = apply_protocol(ds, SplitProtocol.from_options({"split": "ratio", "ratios": [2, 1, 1]}, "t"))
     for s in set(split.groups):  # the slices of one volume never straddle splits
         assert len(set(split.split[split.groups == s])) == 1
 
@@ -87,13 +87,13 @@ def test_external_test_set_and_class_mismatch(volume_dir, tmp_path, tiny_npz):
             img = nib.load(str(f))
             nib.save(type(img)(np.asarray(img.get_fdata(), np.float32)[::-1] * 0.5 + 7, np.eye(4)), str(f))
     ext = lambda table: load(table["name"], **{k: v for k, v in table.items() if k != "name"})  # noqa: E731
-    protocol = Protocol.from_options({"split": "ratio", "ratios": [3, 1, 0], "test_on": {"name": "volumes", "root": str(other), "slices": 3}}, "t")
+    protocol = SplitProtocol.from_options({"split": "ratio", "ratios": [3, 1, 0], "test_on": {"name": "volumes", "root": str(other), "slices": 3}}, "t")
     split, report = apply_protocol(ds, protocol, ext)
     assert report.clean
     assert all(g.startswith("external:") for g in split.groups[split.split == "test"])
     assert len(split.labels[split.split == "test"]) == 8 * 3
     assert set(split.split[:len(ds.labels)]) <= {"train", "val", "test"}
-    bad = Protocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t")
+    bad = SplitProtocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t")
     with pytest.raises(UserError, match="its classes .* differ from"):
         apply_protocol(ds, bad, ext)
 
@@ -101,13 +101,13 @@ def test_external_test_set_and_class_mismatch(volume_dir, tmp_path, tiny_npz):
 def test_external_test_with_the_same_images_is_caught(tiny_npz):
     ds = load("medmnist_npz", path=str(tiny_npz))
     ext = lambda table: load("medmnist_npz", path=table["path"])  # noqa: E731
-    _, report = apply_protocol(ds, Protocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t"), ext)
+    _, report = apply_protocol(ds, SplitProtocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t"), ext)
     assert len(report.duplicates) >= 12  # every external test image is also in train/val
 
 
 def test_augment_before_split_is_flagged(tiny_npz):
     ds = load("medmnist_npz", path=str(tiny_npz))
-    split, report = apply_protocol(ds, Protocol.from_options({"augment_before_split": 2}, "t"), augment=augment_array)
+    split, report = apply_protocol(ds, SplitProtocol.from_options({"augment_before_split": 2}, "t"), augment=augment_array)
     assert len(split.labels) == 3 * len(ds.labels) and split.split_source == "made"
     assert report.subjects and any("before splitting" in p for p in report.protocol)
 
@@ -143,12 +143,12 @@ def test_pad_keeps_aspect_ratio():
 
 def test_balanced_loss_and_sampler_run(tiny_dataset):
     from freezebench.backbone import WeightsRequest
-    from freezebench.trial import TrialConfig, run_trial
+    from freezebench.engine.trial import TrialConfig, run_trial
 
     for balance in ("loss", "sampler"):
         cfg = TrialConfig(strategy="linear_probe", lr=0.01, epochs=1, batch_size=8, image_size=32, balance=balance, augment="online")
-        result = run_trial(cfg, tiny_dataset, registry.backbones().get("mobilenetv2_100"), WeightsRequest(False),
-                           registry.strategies().get("linear_probe"))
+        result = run_trial(cfg, tiny_dataset, plugins.backbones().get("mobilenetv2_100"), WeightsRequest(False),
+                           plugins.strategies().get("linear_probe"))
         assert result.outcome.best_epoch == 1
 
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.analysis import TrialOutputs
 from freezebench.backbone import WeightsRequest
-from freezebench.saliency import SaliencyMaps, choose_images, grad_cam, last_spatial_module
-from freezebench.trial import DataCache, TrialConfig, run_trial
+from freezebench_plugins.saliency import SaliencyMaps, choose_images, grad_cam, last_spatial_module
+from freezebench.engine.trial import DataCache, TrialConfig, run_trial
 
 
 class _Known(nn.Module):
@@ -66,7 +66,7 @@ def test_chosen_images_are_the_first_of_each_class():
     ("mobilenetv2_100", 64, "bn2"), ("resnet18", 64, "layer4"), ("tv_alexnet", 128, "features"), ("tv_alexnet", 64, "features.11"),
 ])
 def test_the_last_feature_map_of_real_backbones(backbone, size, expected):
-    spec = registry.backbones().get(backbone)
+    spec = plugins.backbones().get(backbone)
     model = spec.build(2, WeightsRequest(False)).model.eval()
     assert last_spatial_module(model, torch.zeros(1, 3, size, size)) == expected
 
@@ -74,8 +74,8 @@ def test_the_last_feature_map_of_real_backbones(backbone, size, expected):
 @pytest.mark.parametrize("strategy", ["linear_probe", "full"])
 def test_trials_carry_grad_cam_of_the_chosen_test_images(tiny_dataset, strategy):
     cfg = TrialConfig(strategy=strategy, lr=0.001, epochs=1, batch_size=8, image_size=48)
-    result = run_trial(cfg, tiny_dataset, registry.backbones().get("mobilenetv2_100"), WeightsRequest(True),
-                       registry.strategies().get(strategy), DataCache())
+    result = run_trial(cfg, tiny_dataset, plugins.backbones().get("mobilenetv2_100"), WeightsRequest(True),
+                       plugins.strategies().get(strategy), DataCache())
     maps = result.outputs.saliency
     test_labels = np.asarray(tiny_dataset.labels)[tiny_dataset.indices("test")]
     assert maps.indices.tolist() == choose_images(test_labels).tolist() and maps.layer == "bn2"
@@ -91,7 +91,7 @@ def test_grad_cam_figure_is_a_real_image(tmp_path):
                         labels=np.array([0, 1]), predicted=np.array([0, 0]), cams=rng.random((2, 4, 4)).astype(np.float32), layer="bn2")
     outputs = TrialOutputs("linear_probe", ("benign", "malignant"), np.array([0, 1]), np.zeros((2, 2)), np.zeros((2, 3)),
                            np.zeros((2, 3)), saliency=maps)
-    out = registry.analyses().get("grad_cam").run(outputs)
+    out = plugins.analyses().get("grad_cam").run(outputs)
     figure = next(o for o in out if o.figure is not None)
     figure.figure.savefig(tmp_path / "cam.png")
     with Image.open(tmp_path / "cam.png") as im:
@@ -104,8 +104,8 @@ def test_grad_cam_figure_is_a_real_image(tmp_path):
 
 
 def test_images_are_kept_at_display_size():
-    from freezebench.device import CPU
-    from freezebench.saliency import saliency_maps
+    from freezebench.engine.device import CPU
+    from freezebench_plugins.saliency import saliency_maps
 
     model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
     images = torch.randint(0, 256, (6, 3, 160, 160), dtype=torch.uint8)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from freezebench import registry
-from freezebench.config import load_config
-from freezebench.preparation import prepare_suite
-from freezebench.search import grid_size
+from freezebench import plugins
+from freezebench.suite.config import load_config
+from freezebench.suite.preparation import prepare_suite
+from freezebench.suite.search import grid_size
 
 from .conftest import ROOT
 
 
 def _config():
-    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
+    declared = {p.name: e.name for e in plugins.strategies().entries() for p in e.obj.params}
     return load_config(ROOT / "benchmarks.toml", declared)
 
 
@@ -26,7 +26,7 @@ def test_shipped_suite_prepares(suite):
     assert plans
     for plan in plans:
         n_units = {g: len(u) for g, u in plan.units.items()}
-        size = grid_size(plan.suite, registry.strategies(), n_units)
+        size = grid_size(plan.suite, plugins.strategies(), n_units)
         if plan.suite.sampler == "grid":
             assert size and size <= plan.suite.n_trials
 
@@ -34,9 +34,9 @@ def test_shipped_suite_prepares(suite):
 def test_paper_grids_have_the_papers_sizes():
     config = _config()
     sweep = prepare_suite(config, "paper002_sweep").studies[0]
-    assert grid_size(sweep.suite, registry.strategies(), {"layer": 52}) == 53 * 3
+    assert grid_size(sweep.suite, plugins.strategies(), {"layer": 52}) == 53 * 3
     cases = prepare_suite(config, "paper004_cases").studies[0]
-    assert grid_size(cases.suite, registry.strategies(), {"block": 7}) == 9
+    assert grid_size(cases.suite, plugins.strategies(), {"block": 7}) == 9
 
 
 def test_leaky_suite_needs_allow_leaks():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest, state_snapshot
 from freezebench.errors import UserError
-from freezebench.freeze import frozen_bn_modules, param_groups
-from freezebench.trial import TrialConfig, build_and_plan, fit
+from freezebench.engine.freeze import frozen_bn_modules, param_groups
+from freezebench.engine.trial import TrialConfig, build_and_plan, fit
 
 FAST = dict(lr=5e-3, epochs=2, batch_size=8, image_size=32, seed=0)
 
@@ -17,7 +17,7 @@ FAST = dict(lr=5e-3, epochs=2, batch_size=8, image_size=32, seed=0)
 def _trial(strategy: str, dataset, backbone="mobilenetv2_100", pretrained=True, **kw):
     """Build and plan a backbone, snapshot it, train it: return the result, the backbone, the snapshot."""
     cfg = TrialConfig(strategy=strategy, **{**FAST, **kw})
-    spec, strat = registry.backbones().get(backbone), registry.strategies().get(strategy)
+    spec, strat = plugins.backbones().get(backbone), plugins.strategies().get(strategy)
     torch.manual_seed(cfg.seed)
     built, plan = build_and_plan(cfg, dataset.num_classes, spec, WeightsRequest(pretrained), strat)
     before = state_snapshot(built.model)
@@ -74,7 +74,7 @@ def test_full_trains_everything_from_pretrained(tiny_dataset):
 def test_scratch_starts_from_random_weights_and_trains_everything(tiny_dataset):
     result, backbone, before = _trial("scratch", tiny_dataset)
     assert result.weights_source == "random" and result.weights_sha256 is None
-    pretrained = registry.backbones().get("mobilenetv2_100").build(2, WeightsRequest(True)).model.state_dict()
+    pretrained = plugins.backbones().get("mobilenetv2_100").build(2, WeightsRequest(True)).model.state_dict()
     assert not torch.equal(before["conv_stem.weight"], pretrained["conv_stem.weight"])
     assert result.trainable_params == result.total_params
 
@@ -87,9 +87,9 @@ def test_freeze_to_on_a_resnet(tiny_dataset):
 
 
 def test_frozen_parameters_never_reach_the_optimizer():
-    spec = registry.backbones().get("mobilenetv2_100")
+    spec = plugins.backbones().get("mobilenetv2_100")
     cfg = TrialConfig(strategy="freeze_to", lr=0.1, weight_decay=0.1, strategy_params={"k": 4})
-    backbone, plan = build_and_plan(cfg, 2, spec, WeightsRequest(False), registry.strategies().get("freeze_to"))
+    backbone, plan = build_and_plan(cfg, 2, spec, WeightsRequest(False), plugins.strategies().get("freeze_to"))
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
     in_optimizer = {id(p) for g in groups for p in g["params"]}
     params = dict(backbone.model.named_parameters())
@@ -99,9 +99,9 @@ def test_frozen_parameters_never_reach_the_optimizer():
 
 
 def test_bn_eval_policy_survives_train(tiny_dataset):
-    spec = registry.backbones().get("mobilenetv2_100")
+    spec = plugins.backbones().get("mobilenetv2_100")
     cfg = TrialConfig(strategy="linear_probe", lr=0.1)
-    backbone, plan = build_and_plan(cfg, 2, spec, WeightsRequest(True), registry.strategies().get("linear_probe"))
+    backbone, plan = build_and_plan(cfg, 2, spec, WeightsRequest(True), plugins.strategies().get("linear_probe"))
     backbone.model.train()
     bn = backbone.model.get_submodule(frozen_bn_modules(backbone, plan)[0])
     before = bn.running_mean.clone()

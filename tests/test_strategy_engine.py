@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest, state_snapshot
 from freezebench.errors import UserError
-from freezebench.freeze import frozen_bn_modules
-from freezebench.trial import TrialConfig, build_and_plan, fit
+from freezebench.engine.freeze import frozen_bn_modules
+from freezebench.engine.trial import TrialConfig, build_and_plan, fit
 
 ARCHS = {  # backbone: smallest input it takes
     "resnet18": 32,
@@ -29,8 +29,8 @@ def run(dataset, backbone, strategy, *, granularity="block", epochs=2, bn_policy
                       select_epoch="last",  # test the weights training ended with
                       strategy_params=strategy_params)
     torch.manual_seed(0)
-    built, plan = build_and_plan(cfg, dataset.num_classes, registry.backbones().get(backbone), WeightsRequest(False),
-                                 registry.strategies().get(strategy))
+    built, plan = build_and_plan(cfg, dataset.num_classes, plugins.backbones().get(backbone), WeightsRequest(False),
+                                 plugins.strategies().get(strategy))
     before = state_snapshot(built.model)
     return fit(cfg, built, plan, dataset), built, before
 
@@ -51,8 +51,8 @@ def trainable_count(model):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_layer_freeze_point_on_real_architectures(tiny_dataset, arch):
     # freeze the first half of the conv/linear layers, with momentum and weight decay on
-    probe = registry.backbones().get(arch).build(2, WeightsRequest(False))
-    from freezebench.units import layer_units
+    probe = plugins.backbones().get(arch).build(2, WeightsRequest(False))
+    from freezebench.engine.units import layer_units
 
     n = len(layer_units(probe))
     result, b, before = run(tiny_dataset, arch, "freeze_to", granularity="layer", k=n // 2)
@@ -93,13 +93,13 @@ def test_bn_statistics_of_frozen_units_unchanged(tiny_dataset, arch, policy):
 
 
 def test_gradual_unfreezing_adds_exactly_the_new_parameters(tiny_dataset):
-    from freezebench.freeze import param_groups
-    from freezebench.phases import PlanExecutor
-    from freezebench.training import make_optimizer
+    from freezebench.engine.freeze import param_groups
+    from freezebench.engine.phases import PlanExecutor
+    from freezebench.engine.training import make_optimizer
 
     cfg = TrialConfig(strategy="gradual_unfreeze", lr=0.01, epochs=4, strategy_params={"every": 1})
-    b, plan = build_and_plan(cfg, 2, registry.backbones().get("resnet18"), WeightsRequest(False),
-                             registry.strategies().get("gradual_unfreeze"))
+    b, plan = build_and_plan(cfg, 2, plugins.backbones().get("resnet18"), WeightsRequest(False),
+                             plugins.strategies().get("gradual_unfreeze"))
     opt = make_optimizer("sgd", param_groups(b, plan, cfg.lr), cfg.lr, 0.9)
     ex = PlanExecutor(b, plan, opt, lr=cfg.lr, weight_decay=0.0, epochs=4, schedule="step", step=2, gamma=0.5)
     params = dict(b.model.named_parameters())
@@ -161,7 +161,7 @@ def test_l2_sp_pulls_toward_pretrained_weights(tiny_dataset):
 
 def test_layer_wise_lr_decay():
     cfg = TrialConfig(strategy="full", lr=0.1, lr_decay=0.5)
-    b, plan = build_and_plan(cfg, 2, registry.backbones().get("resnet18"), WeightsRequest(False), registry.strategies().get("full"))
+    b, plan = build_and_plan(cfg, 2, plugins.backbones().get("resnet18"), WeightsRequest(False), plugins.strategies().get("full"))
     assert [plan.lr_mult[u] for u in b.unit_names()] == [0.0625, 0.125, 0.25, 0.5, 1.0]
 
 
@@ -178,5 +178,5 @@ def test_layer_wise_lr_decay():
 def test_bad_units_name_the_backbone_units(strategy, params, expected):
     cfg = TrialConfig(strategy=strategy, lr=0.1, strategy_params=params)
     with pytest.raises(UserError) as exc:
-        build_and_plan(cfg, 2, registry.backbones().get("resnet18"), WeightsRequest(False), registry.strategies().get(strategy))
+        build_and_plan(cfg, 2, plugins.backbones().get("resnet18"), WeightsRequest(False), plugins.strategies().get(strategy))
     assert expected in str(exc.value)

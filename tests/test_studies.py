@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 from mlflow.tracking import MlflowClient
 
-from freezebench.studies import claims_slot, is_finished, is_surplus, release_surplus
+from freezebench.suite.studies import claims_slot, is_finished, is_surplus, release_surplus
 
 from .conftest import write_suite
 
@@ -70,7 +70,7 @@ def _race(tmp_path, claim: bool, workers: int = 4, n: int = 6) -> list[optuna.tr
     import threading
     import time
 
-    from freezebench.studies import StopAtTrials, storage
+    from freezebench.suite.studies import StopAtTrials, storage
 
     url = f"sqlite:///{tmp_path / f'race{claim}.db'}"
     optuna.create_study(storage=url, study_name="race")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from .conftest import ROOT, run_cli_subprocess, write_suite
+from .conftest import ROOT, pip_install, run_cli_subprocess, write_suite
 
 EXAMPLE = ROOT / "examples" / "freezebench-plugin-example"
 
@@ -17,14 +15,9 @@ EXAMPLE = ROOT / "examples" / "freezebench-plugin-example"
 def installed_plugin(tmp_path_factory):
     """``pip install`` the example package (no deps: freezebench is already here) into its own target."""
     target = tmp_path_factory.mktemp("site")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(target), str(EXAMPLE)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    env = pip_install(EXAMPLE, target)
     assert list(target.glob("freezebench_plugin_example-*.dist-info"))
-    return {"PYTHONPATH": str(target)}
+    return env
 
 
 def test_installed_strategy_is_listed(installed_plugin):

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from freezebench import registry
+from freezebench import plugins
 from freezebench.backbone import WeightsRequest
 from freezebench.errors import UserError
 from freezebench.weights import read_state_dict, sha256_file
@@ -23,7 +23,7 @@ TV_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
 def build(**kw):
-    return registry.backbones().get("mobilenetv2_100").build(3, WeightsRequest(**kw))
+    return plugins.backbones().get("mobilenetv2_100").build(3, WeightsRequest(**kw))
 
 
 def test_shipped_weights_hash_and_source():
@@ -43,7 +43,7 @@ def test_shipped_weights_match_torchvision_model():
 
     tv = torchvision.models.mobilenet_v2()
     tv.load_state_dict(torch.load(TV_WEIGHTS, weights_only=True))
-    ours = registry.backbones().get("mobilenetv2_100").build(1000, WeightsRequest())
+    ours = plugins.backbones().get("mobilenetv2_100").build(1000, WeightsRequest())
     ours.model.load_state_dict(  # the shipped ImageNet head too, for the logits
         {**ours.model.state_dict(), **{k: v for k, v in read_state_dict(SHIPPED["mobilenetv2_100"][0]).items() if k.startswith("classifier")}}
     )
@@ -84,7 +84,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
 def test_weights_for_another_architecture(tmp_path):
     other = tmp_path / "resnet.pth"
-    torch.save(registry.backbones().get("resnet10t").build(2, WeightsRequest(False)).model.state_dict(), other)
+    torch.save(plugins.backbones().get("resnet10t").build(2, WeightsRequest(False)).model.state_dict(), other)
     with pytest.raises(UserError, match="another architecture"):
         build(file=str(other))
 

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from freezebench.studies import is_surplus
+from freezebench.suite.studies import is_surplus
 
 from .conftest import write_suite
 

@@ -34,7 +34,7 @@ def plugins_cmd(as_json: bool):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind: str, pattern: str | None, as_json: bool):
     """List installed datasets, backbones, strategies or analyses, optionally filtered by a wildcard PATTERN."""
-    from ..registry import get_registry
+    from ..plugins import get_registry
 
     entries = get_registry(kind).entries(pattern)
     rows = []
@@ -75,9 +75,9 @@ def list_cmd(kind: str, pattern: str | None, as_json: bool):
 def describe_cmd(backbone: str, granularity: str, head: str, classes: int, as_json: bool):
     """Show BACKBONE's freeze units in order with their parameter counts, and its head."""
     from ..backbone import WeightsRequest
-    from ..heads import describe_head, with_head
-    from ..registry import backbones
-    from ..units import with_granularity
+    from ..engine.heads import describe_head, with_head
+    from ..engine.units import with_granularity
+    from ..plugins import backbones
 
     entry = backbones().entry(backbone)
     built = with_head(with_granularity(entry.obj.build(classes, WeightsRequest(pretrained=False)), granularity), head)

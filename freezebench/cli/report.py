@@ -17,9 +17,9 @@ from .options import store_options
 @store_options
 def report_cmd(suite, out_dir, results_dir, storage, tracking_uri):
     """Write one self-contained HTML file for SUITE: leaderboards, studies, figures, configuration."""
-    from ..report import build_report
-    from ..stores import Stores
-    from ..tracking import Tracker
+    from ..results.report import build_report
+    from ..results.tracking import Tracker
+    from ..suite.stores import Stores
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     if not stores.exists():

@@ -36,7 +36,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from rich import box
     from rich.table import Table
 
-    from ..leaderboard import leaderboard
+    from ..results.leaderboard import leaderboard
 
     rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
@@ -72,9 +72,9 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
 @store_options
 def leaderboard_cmd(dataset, metric, suite, limit, group_by, as_json, results_dir, storage, tracking_uri):
     """Trials of DATASET ranked by their best validation metric, with test metrics."""
-    from ..leaderboard import leaderboard
-    from ..stores import Stores
-    from ..tracking import Tracker
+    from ..results.leaderboard import leaderboard
+    from ..suite.stores import Stores
+    from ..results.tracking import Tracker
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     if not stores.exists():
@@ -103,15 +103,15 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
     """Start the MLflow UI on the local results store, bound to 127.0.0.1."""
     import subprocess
 
-    from ..stores import Stores
+    from ..suite.stores import Stores
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     if not stores.local_tracking:
         raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
-    from ..leaderboard import experiments_with_results, ui_runs_url
-    from ..tracking import Tracker
+    from ..results.leaderboard import experiments_with_results, ui_runs_url
+    from ..results.tracking import Tracker
 
     base = f"http://127.0.0.1:{port}"
     console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True)

@@ -8,6 +8,29 @@ from .console import console
 from .options import store_options
 
 
+def prepare(suite: str, config_path: str | None, allow_leaks: bool, n_trials: int | None = None):
+    """Load the config and prepare SUITE (every name, file and split checked, nothing written), and
+    say which datasets are skipped and what the leak audit found: ``run`` and ``worker`` alike."""
+    import dataclasses
+
+    from .. import plugins
+    from ..suite.config import load_config
+    from ..suite.preparation import prepare_suite
+
+    declared = {p.name: e.name for e in plugins.strategies().entries() for p in e.obj.params}
+    config = load_config(config_path, declared)
+    if n_trials:
+        config.suites[suite] = dataclasses.replace(config.suite(suite), n_trials=n_trials)
+    with console.status(f"Preparing suite {suite!r} (datasets, splits, leak audit, backbones)..."):
+        prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
+    for name, why in prepared.skipped:
+        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False, soft_wrap=True)
+    for name, report, allowed in prepared.audits:
+        note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
+        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False, soft_wrap=True)
+    return config, prepared
+
+
 class RichReporter:
     """Progress bars per study (trials) and per trial (epochs)."""
 
@@ -48,29 +71,14 @@ class RichReporter:
 @store_options
 def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, tracking_uri):
     """Run SUITE: an Optuna study per (dataset, backbone), every trial tracked in MLflow."""
-    import dataclasses
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .. import registry
-    from ..config import load_config
-    from ..preparation import prepare_suite
-    from ..runner import planned_trials, run_suite
-    from ..stores import Stores
-    from ..tracking import Tracker
+    from ..results.tracking import Tracker
+    from ..suite.runner import planned_trials, run_suite
+    from ..suite.stores import Stores
     from .results import print_leaderboard
 
-    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
-    config = load_config(config_path, declared)
-    if n_trials:
-        config.suites[suite] = dataclasses.replace(config.suite(suite), n_trials=n_trials)
-    with console.status(f"Preparing suite {suite!r} (datasets, splits, leak audit, backbones)..."):
-        prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
-    for name, why in prepared.skipped:
-        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False, soft_wrap=True)
-    for name, report, allowed in prepared.audits:
-        note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
-        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False, soft_wrap=True)
+    config, prepared = prepare(suite, config_path, allow_leaks, n_trials)
     plans = prepared.studies
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     metric = config.suite(suite).metric
@@ -100,8 +108,8 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
 
 def _compute_note(params: dict) -> str:
     """Where the trials compute, when the suite fixes it (device, amp, channels_last not searched)."""
-    from ..config import Choice, Range
-    from ..device import resolve_compute
+    from ..engine.device import resolve_compute
+    from ..suite.config import Choice, Range
 
     values = [params.get(k, d) for k, d in (("device", "auto"), ("amp", "auto"), ("channels_last", True))]
     if any(isinstance(v, (Choice, Range)) for v in values):
@@ -139,13 +147,9 @@ def worker(suite, config_path, allow_leaks, results_dir, storage, tracking_uri):
     Every worker takes the next trial from the shared Optuna studies, so each trial runs once;
     they stop when the suites' n_trials are reached.
     """
-    from .. import registry
-    from ..config import load_config
-    from ..preparation import prepare_suite
-    from ..runner import run_suite
-    from ..stores import Stores
+    from ..suite.runner import run_suite
+    from ..suite.stores import Stores
 
-    declared = {p.name: e.name for e in registry.strategies().entries() for p in e.obj.params}
-    prepared = prepare_suite(load_config(config_path, declared), suite, allow_leaks=allow_leaks)
+    _, prepared = prepare(suite, config_path, allow_leaks)
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     run_suite(prepared, stores, LineReporter())

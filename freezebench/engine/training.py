@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -12,13 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..records import TrainOutcome, is_better
 from .augment import augment_batch
 from .device import CPU, Compute
-from .metrics import classification_metrics, is_better
+from .metrics import classification_metrics
+from .phases import PlanExecutor
 from .preprocess import Normalizer
-
-if False:  # typing only
-    from .phases import PlanExecutor
 
 
 class DivergedError(RuntimeError):
@@ -29,17 +28,6 @@ class DivergedError(RuntimeError):
 class SplitTensors:
     images: torch.Tensor  # uint8 (N, 3, S, S)
     labels: torch.Tensor  # int64 (N,)
-
-
-@dataclass
-class TrainOutcome:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val: dict[str, float] = field(default_factory=dict)
-    test: dict[str, float] = field(default_factory=dict)
-    train_seconds: float = 0.0
-    test_probs: np.ndarray | None = None  # (N, C) at the selected epoch
-    test_labels: np.ndarray | None = None
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -83,7 +71,7 @@ def train(
     seed: int,
     metric: str,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    executor: "PlanExecutor | None" = None,
+    executor: PlanExecutor | None = None,
     select: str = "best",
     augment: bool = False,
     balance: str = "none",

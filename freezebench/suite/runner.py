@@ -4,27 +4,35 @@ trial tracked as a nested MLflow run under the study's parent run."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import math
 import traceback
-from dataclasses import dataclass, field
-from typing import Any
-from typing import Protocol as _Protocol
+from typing import Protocol
 
-from . import __version__, registry
-from .backbone import WeightsRequest
-from .errors import UserError
+import optuna
+
+from .. import __version__, plugins
+from ..analysis import trial_analyses
+from ..backbone import WeightsRequest
+from ..engine.datacache import DataCache
+from ..engine.trial import run_trial
+from ..errors import UserError
+from ..records import StudySummary, TrialConfig, TrialResult
+from ..results import layout
+from ..results.figures import test_figures
+from ..results.leaderboard import store as store_leaderboard
+from ..results.tracking import Tracker
 from .preparation import PreparedSuite, StudyPlan
+from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
 from .studies import StopAtTrials, claims_slot, fail_stale, is_finished, is_surplus, open_study, release_surplus
-from .datacache import DataCache
-from .trial import TrialConfig, TrialResult, run_trial
 
 
 class TrialFailed(Exception):
     """A trial raised or diverged; recorded as failed, and the suite goes on."""
 
 
-class Reporter(_Protocol):
+class Reporter(Protocol):
     def study_started(self, study: str, n_trials: int, n_done: int) -> None: ...
     def trial_started(self, study: str, number: int, config: TrialConfig) -> None: ...
     def epoch_done(self, epoch: int, record: dict[str, float]) -> None: ...
@@ -40,63 +48,58 @@ class SilentReporter:
     def study_ended(self, *a): ...
 
 
-@dataclass
-class StudySummary:
-    study: str
-    dataset: str
-    backbone: str
-    counts: dict[str, int] = field(default_factory=dict)
-    best_value: float | None = None
-    best_params: dict[str, Any] = field(default_factory=dict)
-    best_test: dict[str, float] = field(default_factory=dict)
-    parent_run_id: str = ""
-
-
 def _trial_name(number: int, cfg: TrialConfig) -> str:
     extra = "".join(f" {k}={v}" for k, v in cfg.strategy_params.items())
     return f"t{number:03d} {cfg.strategy}{extra} lr={cfg.lr:.2g}"
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"freezebench.version": __version__}
+    out = {layout.tag("version"): __version__}
     for dist in ("torch", "timm", "optuna", "mlflow"):
         try:
-            out[f"freezebench.{dist}_version"] = md.version(dist)
-        except md.PackageNotFoundError:
+            out[layout.tag(f"{dist}_version")] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 
 
 def planned_trials(plan: StudyPlan) -> int:
     """The study's trial count: the suite's ``n_trials``, or fewer when a grid has fewer points."""
-    from .search import grid_size
-
     n_units = {g: len(u) for g, u in plan.units.items()}
-    return min(plan.suite.n_trials, grid_size(plan.suite, registry.strategies(), n_units) or plan.suite.n_trials)
+    return min(plan.suite.n_trials, grid_size(plan.suite, plugins.strategies(), n_units) or plan.suite.n_trials)
 
 
-def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cache: DataCache) -> StudySummary:
-    import optuna
+def trial_outputs(result: TrialResult) -> list:
+    """Everything logged with a trial: the lifecycle hooks' outputs, the trial analyses, the test figures."""
+    outputs = list(result.artifacts)
+    if result.outputs is not None:
+        outputs += trial_analyses(result.outputs)
+    if result.outcome.test_probs is not None:
+        outputs += test_figures(result.outcome.test_labels, result.outcome.test_probs, result.class_names)
+    return outputs
 
-    from .search import direction, make_pruner, make_sampler, suggest_config
 
+def _record(tracker: Tracker, run_id: str, result: TrialResult) -> None:
+    tracker.finish_trial(run_id, result, trial_outputs(result))
+    plugins.hook().trial_finished(result=result, run_id=run_id)
+
+
+def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Reporter, cache: DataCache) -> StudySummary:
     suite, metric = plan.suite, plan.suite.metric
-    strategies = registry.strategies()
+    strategies = plugins.strategies()
     n_units = {g: len(u) for g, u in plan.units.items()}
     n_trials = planned_trials(plan)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by us, with reasons
     experiment_id = tracker.experiment_id(plan.dataset_ref.label)
     base_tags = {
-        "freezebench.suite": suite.name,
-        "freezebench.study": plan.name,
-        "freezebench.dataset": plan.dataset_ref.label,
-        "freezebench.backbone": plan.backbone_ref.name,
-        "freezebench.objective": f"val_{metric}",
-        "freezebench.protocol": plan.protocol.describe(),
-        "freezebench.leaks": plan.leaks.summary(),
-        "freezebench.leaks_allowed": str(plan.leaks.allowed).lower(),
+        layout.SUITE: suite.name,
+        layout.STUDY_NAME: plan.name,
+        layout.DATASET: plan.dataset_ref.label,
+        layout.BACKBONE: plan.backbone_ref.name,
+        layout.OBJECTIVE: f"val_{metric}",
+        layout.tag("protocol"): plan.protocol.describe(),
+        layout.tag("leaks"): plan.leaks.summary(),
+        layout.tag("leaks_allowed"): str(plan.leaks.allowed).lower(),
         **_versions(),
     }
     parent_params = {
@@ -123,8 +126,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
         cfg = suggest_config(trial, suite, strategies, n_units)
         params = {**cfg.as_flat_dict(), "dataset": plan.dataset_ref.label, "backbone": plan.backbone_ref.name,
                   "split_hash": plan.dataset.split_hash(), "optuna_trial": trial.number}
-        tags = {**base_tags, "freezebench.strategy": cfg.strategy, "freezebench.optuna_trial": str(trial.number),
-                "freezebench.strategy_params": " ".join(f"{k}={v}" for k, v in cfg.strategy_params.items()) or "-"}
+        tags = {**base_tags, layout.STRATEGY: cfg.strategy, layout.OPTUNA_TRIAL: str(trial.number),
+                layout.STRATEGY_PARAMS: " ".join(f"{k}={v}" for k, v in cfg.strategy_params.items()) or "-"}
         run_id = tracker.start_trial(experiment_id, parent, _trial_name(trial.number, cfg), tags, params)
         trial.set_user_attr("mlflow_run_id", run_id)
         reporter.trial_started(plan.name, trial.number, cfg)
@@ -153,7 +156,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
             trial.set_user_attr("fail_reason", reason)
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
-        tracker.finish_trial(run_id, result)
+        _record(tracker, run_id, result)
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)
@@ -174,11 +177,12 @@ def run_study(plan: StudyPlan, stores: Stores, tracker, reporter: Reporter, cach
     summary = summarize(study, plan, parent)
     tracker.finish_study(
         parent,
-        {f"best_val_{metric}": summary.best_value, **{f"best_test_{k}": v for k, v in summary.best_test.items()},
+        {layout.best_val(metric): summary.best_value, **{f"best_test_{k}": v for k, v in summary.best_test.items()},
          **{f"n_{k}": v for k, v in summary.counts.items()}},
     )
-    tracker.store_leaderboard(plan.dataset_ref.label, metric)
+    store_leaderboard(tracker, plan.dataset_ref.label, metric)
     reporter.study_ended(summary)
+    plugins.hook().study_finished(summary=summary)
     return summary
 
 
@@ -186,7 +190,7 @@ def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
     """Re-run the best ``confirm_top`` trials with each seed of ``confirm_seeds`` (once each, resumable)."""
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = sorted(complete, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")[: suite.confirm_top]
-    strategies = registry.strategies()
+    strategies = plugins.strategies()
     for t in best:
         source = tracker.client.get_run(t.user_attrs["mlflow_run_id"])
         cfg = _config_of(tracker, source)
@@ -195,10 +199,10 @@ def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             if seed in done or seed == cfg.seed:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
-            tags = {**{k: v for k, v in source.data.tags.items() if k.startswith("freezebench.") and k != "freezebench.role"},
-                    "freezebench.confirm_of": source.info.run_id}
+            tags = {**{k: v for k, v in source.data.tags.items() if k.startswith(layout.tag("")) and k != layout.ROLE},
+                    layout.CONFIRM_OF: source.info.run_id}
             run_id = tracker.start_trial(experiment_id, parent, f"{source.info.run_name} seed={seed}", tags,
-                                         {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id}, role="confirm")
+                                         {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id}, role=layout.CONFIRM)
             reporter.trial_started(plan.name, t.number, run_cfg)
             try:
                 result = run_trial(run_cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache,
@@ -209,17 +213,12 @@ def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             except Exception as exc:  # a failed confirmation is recorded, the others go on
                 tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 continue
-            tracker.finish_trial(run_id, result)
+            _record(tracker, run_id, result)
             reporter.trial_ended(plan.name, t.number, f"confirmed (seed {seed})", result.outcome.best_val[plan.suite.metric])
 
 
-def _config_of(tracker, run) -> "TrialConfig":
-    from .trial import TrialConfig
-
-    fields = {f.name for f in dataclasses.fields(TrialConfig)} - {"strategy_params"}
-    flat = tracker.trial_config(run.info.run_id)
-    return TrialConfig(**{k: v for k, v in flat.items() if k in fields},
-                       strategy_params={k: v for k, v in flat.items() if k not in fields})
+def _config_of(tracker: Tracker, run) -> TrialConfig:
+    return TrialConfig.from_flat_dict(tracker.trial_config(run.info.run_id))
 
 
 def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
@@ -242,8 +241,6 @@ def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
 def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter: Reporter | None = None) -> list[StudySummary]:
     if isinstance(plans, PreparedSuite):
         plans = plans.studies
-    from .tracking import Tracker
-
     reporter = reporter or SilentReporter()
     stores.prepare()
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)

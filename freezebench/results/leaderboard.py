@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
-from .metrics import HIGHER_IS_BETTER, METRICS
-from .tracking import TAG, Tracker
+from ..errors import UserError
+from ..records import HIGHER_IS_BETTER, METRICS
+from . import layout
+from .tracking import Tracker
 
-PARAM_COLUMNS = ("strategy", "k", "lr", "head_lr_mult", "optimizer", "bn_policy", "epochs", "image_size")
+# trial parameters shown for every trial; a strategy's own parameters (k, a, b, ...) follow them
+PARAM_COLUMNS = ("strategy", "lr", "head_lr_mult", "optimizer", "bn_policy", "epochs", "image_size")
 
 
 def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
@@ -16,9 +18,9 @@ def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
     from urllib.parse import quote
 
     order = "false" if HIGHER_IS_BETTER.get(metric, True) else "true"
-    search = quote(f"tags.`{TAG}.role` = 'trial'")
+    search = quote(layout.where(layout.TRIAL))
     return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={search}"
-            f"&orderByKey={quote(f'metrics.`best_val_{metric}`')}&orderByAsc={order}")
+            f"&orderByKey={quote(f'metrics.`{layout.best_val(metric)}`')}&orderByAsc={order}")
 
 
 def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
@@ -27,9 +29,8 @@ def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
     for exp in tracker.client.search_experiments():
         if exp.name == "Default":
             continue
-        studies = tracker.client.search_runs([exp.experiment_id], f"tags.`{TAG}.role` = 'study'", max_results=1)
-        objective = studies[0].data.tags.get(f"{TAG}.objective", "val_f1") if studies else "val_f1"
-        out.append((exp.name, exp.experiment_id, objective.removeprefix("val_")))
+        studies = tracker.client.search_runs([exp.experiment_id], layout.where(layout.STUDY), max_results=1)
+        out.append((exp.name, exp.experiment_id, layout.objective_metric(studies[0].data.tags) if studies else "f1"))
     return out
 
 
@@ -47,11 +48,17 @@ def _typed(value: str | None):
 
 def _spread(client, exp_id: str) -> dict[str, list[dict]]:
     """Confirmation runs (other seeds) of each trial run, by the trial's run id."""
-    found = client.search_runs([exp_id], f"tags.`{TAG}.role` = 'confirm' and attributes.status = 'FINISHED'", max_results=5000)
+    found = client.search_runs([exp_id], layout.where(layout.CONFIRM, finished=True), max_results=5000)
     out: dict[str, list[dict]] = {}
     for r in found:
-        out.setdefault(r.data.tags.get(f"{TAG}.confirm_of", ""), []).append(r.data.metrics)
+        out.setdefault(r.data.tags.get(layout.CONFIRM_OF, ""), []).append(r.data.metrics)
     return out
+
+
+def strategy_params(text: str) -> dict:
+    """A trial's own strategy parameters from its tag: "k=5 a=1" -> {"k": 5, "a": 1}; "-" -> {}."""
+    pairs = (part.split("=", 1) for part in text.split() if "=" in part)
+    return {k: _typed(v) for k, v in pairs}
 
 
 def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None,
@@ -66,14 +73,12 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
             f"No results for dataset {dataset!r} in {tracker.tracking_uri}. "
             f"Datasets with results: {', '.join(names) or 'none (run a suite first)'}."
         )
-    query = f"tags.`{TAG}.role` = 'trial' and attributes.status = 'FINISHED'"
-    if suite:
-        query += f" and tags.`{TAG}.suite` = '{suite}'"
+    query = layout.where(layout.TRIAL, finished=True, suite=suite)
     order = "DESC" if HIGHER_IS_BETTER[metric] else "ASC"
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [exp.experiment_id], query, order_by=[f"metrics.best_val_{metric} {order}", "attributes.start_time ASC"],
+            [exp.experiment_id], query, order_by=[f"metrics.{layout.best_val(metric)} {order}", "attributes.start_time ASC"],
             max_results=1000, page_token=token,  # ties: the earlier trial first
         )
         runs.extend(page)
@@ -84,25 +89,27 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
     rows = []
     for run in runs:
         m, p, t = run.data.metrics, run.data.params, run.data.tags
-        if f"best_val_{metric}" not in m:
+        if layout.best_val(metric) not in m:
             continue
         seeds = [m] + confirms.get(run.info.run_id, [])
+        own = strategy_params(t.get(layout.STRATEGY_PARAMS, "-"))
         rows.append(
             {
                 "rank": len(rows) + 1,
                 "run_name": run.info.run_name,
-                "study": t.get(f"{TAG}.study", ""),
-                "backbone": t.get(f"{TAG}.backbone", ""),
+                "study": t.get(layout.STUDY_NAME, ""),
+                "backbone": t.get(layout.BACKBONE, ""),
                 **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
-                "strategy_params": t.get(f"{TAG}.strategy_params", "-"),
+                **{k: v for k, v in own.items() if k not in PARAM_COLUMNS},
+                "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
                 "best_epoch": int(m.get("best_epoch", 0)),
-                f"val_{metric}": m[f"best_val_{metric}"],
+                f"val_{metric}": m[layout.best_val(metric)],
                 **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "f1", "auc")},
                 "trainable_params": int(m.get("trainable_params", 0)),
                 "wall_time_s": m.get("wall_time_s"),
                 "seeds": len(seeds),
-                **{f"{k}_mean": float(np.mean([s[k] for s in seeds if k in s])) for k in (f"best_val_{metric}", "test_f1", "test_auc", "test_accuracy") if any(k in s for s in seeds)},
-                **{f"{k}_std": float(np.std([s[k] for s in seeds if k in s])) for k in (f"best_val_{metric}", "test_f1", "test_auc", "test_accuracy") if sum(k in s for s in seeds) > 1},
+                **{f"{k}_mean": float(np.mean([s[k] for s in seeds if k in s])) for k in (layout.best_val(metric), "test_f1", "test_auc", "test_accuracy") if any(k in s for s in seeds)},
+                **{f"{k}_std": float(np.std([s[k] for s in seeds if k in s])) for k in (layout.best_val(metric), "test_f1", "test_auc", "test_accuracy") if sum(k in s for s in seeds) > 1},
                 "run_id": run.info.run_id,
             }
         )
@@ -133,7 +140,10 @@ def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
     head = f"# Leaderboard: {dataset}\n\nTrials ranked by their best validation {metric}; test metrics at that epoch.\n\n"
     lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test f1 | test auc | trained params |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
     for r in rows:
         f1 = fmt(r.get("test_f1"))
         if "test_f1_std" in r:
@@ -141,3 +151,9 @@ def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
         lines.append(f"| {r['rank']} | {r['study']} | {r['strategy']} | {r['strategy_params']} | {r['lr']:.2e} | "
                      f"{fmt(r.get(f'val_{metric}'))} | {fmt(r.get('test_accuracy'))} | {f1} | {fmt(r.get('test_auc'))} | {r['trainable_params']:,} |")
     return head + "\n".join(lines) + "\n"
+
+
+def store(tracker: Tracker, dataset: str, metric: str) -> None:
+    """Compute the dataset's leaderboard and keep it in its experiment (CSV, Markdown, run note)."""
+    rows = leaderboard(tracker, dataset, metric)
+    tracker.store_leaderboard(dataset, to_csv(rows), to_markdown(rows, metric, dataset), to_markdown(rows[:20], metric, dataset))

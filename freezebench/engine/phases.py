@@ -7,11 +7,10 @@ import math
 
 import torch
 
-from .backbone import Backbone
+from ..backbone import Backbone
+from ..records import LR_SCHEDULES
+from ..strategy import FreezePlan
 from .freeze import unit_groups, unit_trainable_params
-from .strategy import FreezePlan
-
-LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 def schedule_factor(schedule: str, epoch: int, epochs: int, step: int = 10, gamma: float = 0.1) -> float:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backbone import Backbone
+from ..backbone import Backbone
+from ..strategy import FreezePlan
 from .device import CPU, Compute
-from .strategy import FreezePlan
 from .units import trace_call_order
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -119,8 +119,10 @@ def cache_blocker(backbone: Backbone, plan: FreezePlan, *, online_augment: bool)
         return "online augmentation makes every epoch's inputs different"
     if plan.bn_policy == "train":
         return "bn_policy 'train' updates BatchNorm statistics in the frozen units"
-    if plan.param_filter != "all" or plan.l2_sp:
-        return "every unit trains (BitFit / L2-SP)"
+    if plan.param_filter != "all":
+        return f"every unit trains (param_filter {plan.param_filter!r})"
+    if plan.l2_sp:
+        return "every unit trains (the plan's l2_sp penalty)"
     if not backbone.units or backbone.units[0].name not in plan.never_trained:
         return "the first unit trains"
     return ""

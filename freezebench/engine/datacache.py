@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from .augment import augment_batch
-from .dataset import SPLITS, ImageDataset
+from ..dataset import SPLITS, ImageDataset
 from .preprocess import resize_images
 from .training import SplitTensors
 

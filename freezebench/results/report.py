@@ -7,40 +7,35 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import tempfile
 from pathlib import Path
 
-from . import registry
-from .analysis import Output, StudyRecords, colour
-from .errors import UserError
+from .. import plugins
+from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, colour, pyplot
+from ..errors import UserError
+from . import layout
 from .leaderboard import leaderboard
-from .tracking import TAG, Tracker, load_arrays, log_arrays
-
-TRIAL_FIGURES = ("output_scores.png", "fc_weights.png", "weight_class_correlation.png", "grad_cam.png", "deconv_view.png",
-                 "test_confusion_matrix.png", "test_roc.png")
+from .tracking import Tracker, load_arrays
 
 
 def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
     client = tracker.client
-    study = parent.data.tags[f"{TAG}.study"]
-    runs = client.search_runs([experiment_id], f"tags.`{TAG}.role` = 'trial' and tags.`{TAG}.study` = '{study}'", max_results=5000)
+    study = parent.data.tags[layout.STUDY_NAME]
+    runs = client.search_runs([experiment_id], layout.where(layout.TRIAL, study=study), max_results=5000)
     trials = []
     for r in runs:
         history = {"val_loss": [m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)]}
         trials.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "params": r.data.params,
-                       "metrics": r.data.metrics, "history": history, "state": r.data.tags.get(f"{TAG}.state", "")})
-    return StudyRecords(study=study, dataset=parent.data.tags.get(f"{TAG}.dataset", ""),
-                        metric=parent.data.tags.get(f"{TAG}.objective", "val_f1").removeprefix("val_"), trials=trials,
+                       "metrics": r.data.metrics, "history": history, "state": r.data.tags.get(layout.STATE, "")})
+    return StudyRecords(study=study, dataset=parent.data.tags.get(layout.DATASET, ""),
+                        metric=layout.objective_metric(parent.data.tags), trials=trials,
                         load_arrays=lambda run_id, name: load_arrays(client, run_id, name))
 
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 
@@ -65,11 +60,11 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     client = tracker.client
     studies = []
     for exp in client.search_experiments():
-        for parent in client.search_runs([exp.experiment_id], f"tags.`{TAG}.role` = 'study' and tags.`{TAG}.suite` = '{suite}'"):
+        for parent in client.search_runs([exp.experiment_id], layout.where(layout.STUDY, suite=suite)):
             studies.append((exp, parent))
     if not studies:
         raise UserError(f"No results for suite {suite!r} in {tracker.tracking_uri}: run it first (freezebench run --suite {suite}).")
-    analyses = [e.obj for e in registry.analyses().entries() if e.obj.scope == "study"]
+    analyses = [e.obj for e in plugins.analyses().entries() if e.obj.scope == "study"]
     sections, datasets = [], {}
     for exp, parent in studies:
         records = study_records(tracker, exp.experiment_id, parent)
@@ -77,17 +72,18 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         parts = [f"<h3>Study {html.escape(records.study)}</h3>"]
         parts.append(_table([{"parameter": k, "value": v} for k, v in sorted(parent.data.params.items())], ["parameter", "value"]))
         trial_rows = [{"trial": t["run_name"], "state": t["state"], "strategy": t["params"].get("strategy"),
-                       f"val {records.metric}": t["metrics"].get(f"best_val_{records.metric}"),
+                       f"val {records.metric}": t["metrics"].get(layout.best_val(records.metric)),
                        f"test {records.metric}": t["metrics"].get(f"test_{records.metric}"),
                        "test auc": t["metrics"].get("test_auc"), "trainable": t["metrics"].get("trainable_params")}
                       for t in sorted(records.trials, key=lambda t: t["run_name"])]
         parts.append(_table(trial_rows, list(trial_rows[0]) if trial_rows else ["trial"]))
         for analysis in analyses:
-            for out in analysis.run(records):
-                _log(client, parent.info.run_id, out)
-                if out.figure is not None:
-                    parts.append(_img(_png(out.figure), f"{out.title} ({analysis.name})"))
-        parts.append(_best_per_strategy(client, records))
+            outputs = analysis.run(records)
+            shown = [(_png(out.figure), f"{out.title} ({analysis.name})") for out in outputs
+                     if out.figure is not None and out.in_report]  # drawn before logging closes the figures
+            tracker.log_outputs(parent.info.run_id, outputs, folder=layout.ANALYSES_FOLDER)
+            parts += [_img(png, title) for png, title in shown]
+        parts.append(_best_per_strategy(tracker, records))
         sections.append("\n".join(parts))
     boards = []
     for dataset, metric in datasets.items():
@@ -101,33 +97,34 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     return path
 
 
-def _best_per_strategy(client, records: StudyRecords) -> str:
-    """The per-trial figures of each strategy's best complete trial, side by side."""
-    best: dict[str, dict] = {}
-    for t in records.trials:
-        s, value = t["params"].get("strategy"), t["metrics"].get(f"best_val_{records.metric}")
-        if t["state"] == "complete" and value is not None and (s not in best or value > best[s]["metrics"][f"best_val_{records.metric}"]):
-            best[s] = t
+def _best_per_strategy(tracker: Tracker, records: StudyRecords) -> str:
+    """The report figures of each strategy's best complete trial, side by side, one part per section:
+    every logged figure whose output is marked ``in_report``, whichever plugin made it."""
+    best = best_per_group(records.trials, records.metric, lambda t: t["params"].get("strategy"))
     if not best:
         return ""
-    rows = []
+    client, sections = tracker.client, {}
     with tempfile.TemporaryDirectory() as tmp:
         for strategy, t in sorted(best.items()):
-            present = {a.path for a in client.list_artifacts(t["run_id"])}
-            figures = [_img(Path(client.download_artifacts(t["run_id"], name, tmp)).read_bytes(), f"{strategy}: {name[:-4].replace('_', ' ')}")
-                       for name in TRIAL_FIGURES if name in present]
-            rows.append(f'<h4 style="color:{colour(strategy)}">{html.escape(strategy)}: best trial {html.escape(t["run_name"])}</h4>'
-                        f'<div class="row">{"".join(figures)}</div>')
-    return "<h4>Inside the networks: the best trial of each strategy</h4>" + "\n".join(rows)
+            by_section: dict[str, list[str]] = {}
+            for entry in _report_figures(tracker, t["run_id"]):
+                png = Path(client.download_artifacts(t["run_id"], entry["name"], tmp)).read_bytes()
+                by_section.setdefault(entry.get("section") or DEFAULT_SECTION, []).append(
+                    _img(png, f"{strategy}: {Path(entry['name']).stem.replace('_', ' ')}"))
+            for section, figures in by_section.items():
+                sections.setdefault(section, []).append(
+                    f'<h5 style="color:{colour(strategy)}">{html.escape(strategy)}: best trial {html.escape(t["run_name"])}</h5>'
+                    f'<div class="row">{"".join(figures)}</div>')
+    return "\n".join(f"<h4>{html.escape(section)}: the best trial of each strategy</h4>" + "\n".join(rows)
+                     for section, rows in sorted(sections.items(), key=lambda kv: kv[0] != DEFAULT_SECTION))
 
 
-def _log(client, run_id: str, out: Output) -> None:
-    if out.figure is not None:
-        client.log_figure(run_id, out.figure, f"analyses/{out.name}")
-    if out.data is not None:
-        client.log_text(run_id, json.dumps(out.data, indent=1, default=str), f"analyses/{out.name}")
-    if out.arrays is not None:
-        log_arrays(client, run_id, out.arrays, f"analyses/{out.name}")
+def _report_figures(tracker: Tracker, run_id: str) -> list[dict]:
+    """A trial's figures to show, from its outputs manifest (runs logged before manifests: every PNG)."""
+    manifest = tracker.figures_manifest(run_id)
+    if manifest is None:
+        return [{"name": a.path} for a in tracker.client.list_artifacts(run_id) if a.path.endswith(".png")]
+    return [entry for entry in manifest if entry.get("in_report", True)]
 
 
 _PAGE = """<!doctype html>

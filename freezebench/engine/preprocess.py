@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..records import RESIZE_MODES
+
 
 def _to_rgb(image: np.ndarray) -> Image.Image:
     arr = np.asarray(image)
@@ -20,7 +22,6 @@ def _to_rgb(image: np.ndarray) -> Image.Image:
     raise ValueError(f"image of shape {arr.shape}: expected (H, W) or (H, W, 3)")
 
 
-RESIZE_MODES = ("stretch", "pad")
 
 
 def _pad_square(pil: Image.Image) -> Image.Image:

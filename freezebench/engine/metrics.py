@@ -8,8 +8,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-METRICS = ("accuracy", "precision", "recall", "f1", "auc", "loss")
-HIGHER_IS_BETTER = {"accuracy": True, "precision": True, "recall": True, "f1": True, "auc": True, "loss": False}
+
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, float]:
@@ -36,11 +35,3 @@ def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
         if probs.shape[1] == 2:
             return float(skm.roc_auc_score(y_true, probs[:, 1]))
         return float(skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
-
-
-def is_better(metric: str, new: float, old: float | None) -> bool:
-    if old is None or (isinstance(old, float) and math.isnan(old)):
-        return not math.isnan(new)
-    if math.isnan(new):
-        return False
-    return new > old if HIGHER_IS_BETTER[metric] else new < old

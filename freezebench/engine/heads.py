@@ -10,9 +10,8 @@ import dataclasses
 
 from torch import nn
 
-from .backbone import Backbone, Unit
-
-HEADS = ("linear", "mlp")
+from ..backbone import Backbone, Unit
+from ..records import HEADS
 
 
 def _linear(backbone: Backbone) -> nn.Linear:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbone import Unit
+from freezebench.backbone import Unit
 
 _RECTIFIERS = (nn.ReLU, nn.ReLU6)
 RULES = ("deconvnet", "guided")

@@ -19,15 +19,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dataset import ImageDataset
-from .errors import UserError
+from ..dataset import ImageDataset
+from ..errors import UserError
 from .leakage import LeakReport, audit, duplicate_groups
 
 PROTOCOL_KEYS = ("split", "ratios", "folds", "fold", "split_seed", "level", "test_on", "allow_leaks", "augment_before_split")
 
 
 @dataclass(frozen=True)
-class Protocol:
+class SplitProtocol:
     split: str = "auto"
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     folds: int = 5
@@ -39,7 +39,7 @@ class Protocol:
     augment_before_split: int = 0
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], where: str) -> "Protocol":
+    def from_options(cls, options: dict[str, Any], where: str) -> "SplitProtocol":
         p = cls(**{("seed" if k == "split_seed" else k): v for k, v in options.items() if k in PROTOCOL_KEYS})
         if p.split not in ("auto", "official", "ratio", "kfold"):
             raise UserError(f"{where}.split: must be 'auto', 'official', 'ratio' or 'kfold', not {p.split!r}")
@@ -114,7 +114,7 @@ def kfold_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, v
     return split
 
 
-def apply_protocol(dataset: ImageDataset, protocol: Protocol, load_external: Callable[[dict], ImageDataset] | None = None,
+def apply_protocol(dataset: ImageDataset, protocol: SplitProtocol, load_external: Callable[[dict], ImageDataset] | None = None,
                    augment: Callable | None = None) -> tuple[ImageDataset, LeakReport]:
     """Return the dataset with its train/val/test splits made by ``protocol``, and its leak audit."""
     ds, leaky = dataset, []
@@ -157,7 +157,7 @@ def apply_protocol(dataset: ImageDataset, protocol: Protocol, load_external: Cal
     return ds, report
 
 
-def _with_external_test(ds: ImageDataset, split: np.ndarray, protocol: Protocol, load_external) -> ImageDataset:
+def _with_external_test(ds: ImageDataset, split: np.ndarray, protocol: SplitProtocol, load_external) -> ImageDataset:
     """Train and validate on ``ds`` (its test part dropped), test on another dataset."""
     external = load_external(protocol.test_on)
     if tuple(external.classes) != tuple(ds.classes):

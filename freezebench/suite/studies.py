@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Callable
 
-import warnings
-
 import optuna
+
+from ..errors import UserError
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -24,8 +25,6 @@ def heartbeat_settings() -> tuple[int, int]:
 
 
 def storage(url: str) -> optuna.storages.BaseStorage:
-    from .errors import UserError
-
     interval, grace = heartbeat_settings()
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):

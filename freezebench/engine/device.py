@@ -11,16 +11,13 @@ kernels prefer on GPUs and, as measured in docs/performance.md, on this CPU too.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .errors import UserError
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+from ..errors import UserError
+from ..records import AMP_MODES, DEVICE_PATTERN
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from typing import Iterable
 
 from torch import nn
 
-from .backbone import Backbone
-from .strategy import BN_POLICIES, PARAM_FILTERS, FreezePlan
-from .torch_compat import import_timm
+from ..backbone import Backbone
+from ..strategy import BN_POLICIES, PARAM_FILTERS, FreezePlan
+from ..torch_compat import import_timm
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 

@@ -17,7 +17,6 @@ from PIL import Image
 MAX_ROTATION = 15.0     # degrees
 MAX_TRANSLATION = 0.1   # share of the image size
 SCALE = (0.9, 1.1)
-AUGMENT_MODES = ("none", "online", "offline")
 
 
 def _params(u: np.ndarray) -> tuple[float, float, float, float, bool]:

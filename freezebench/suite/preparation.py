@@ -9,18 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .augment import augment_array
-from .backbone import BackboneSpec, WeightsRequest
+from .. import plugins as registry
+from ..backbone import BackboneSpec, WeightsRequest
+from ..dataset import ImageDataset
+from ..engine.augment import augment_array
+from ..engine.device import resolve_compute
+from ..engine.units import with_granularity
+from ..errors import UserError
+from ..strategy import parse_window
+from ..weights import is_url
 from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
-from .dataset import ImageDataset
-from .device import resolve_compute
-from .errors import UserError
 from .leakage import LeakReport
-from .protocols import PROTOCOL_KEYS, Protocol, apply_protocol
-from .trial import parse_window
-from .units import with_granularity
-from .weights import is_url
+from .protocols import PROTOCOL_KEYS, SplitProtocol, apply_protocol
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StudyPlan:
     backbone_ref: BackboneRef
     backbone: BackboneSpec
     units: dict[str, list[str]]  # granularity -> unit names
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: SplitProtocol = field(default_factory=SplitProtocol)
     leaks: LeakReport = field(default_factory=LeakReport)
     fold: int | None = None
 
@@ -104,7 +104,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     datasets = []
     for i, ref in enumerate(suite.datasets):
         key = f"{where}.datasets[{i}]"
-        protocol = Protocol.from_options({k: v for k, v in ref.options.items() if k in PROTOCOL_KEYS}, key)
+        protocol = SplitProtocol.from_options({k: v for k, v in ref.options.items() if k in PROTOCOL_KEYS}, key)
         dspec, options = _plugin_options(ref.name, ref.options, key, base, root)
         missing = dspec.available(**options) if dspec.available else None
         if missing:

@@ -1,19 +1,14 @@
-"""Per-trial figures logged to MLflow: the test confusion matrix and ROC curves (PNG + JSON), and the
-test predictions behind them (test_predictions.npz: labels and class probabilities)."""
+"""Per-trial test-set outputs: the confusion matrix and ROC curves (PNG + JSON), and the test
+predictions behind them (labels and class probabilities), as analysis outputs to log with the trial."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..analysis import Output, pyplot
+from . import layout
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+SECTION = "Test set"
 
 
 def confusion(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -36,15 +31,13 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
     return out
 
 
-def log_test_figures(client, run_id: str, labels: np.ndarray, probs: np.ndarray, class_names) -> None:
+def test_figures(labels: np.ndarray, probs: np.ndarray, class_names) -> list[Output]:
     from sklearn.metrics import auc
 
-    from .tracking import log_arrays
-
     names = list(class_names) or [str(i) for i in range(probs.shape[1])]
-    log_arrays(client, run_id, {"labels": np.asarray(labels), "probs": np.asarray(probs, dtype=np.float64)}, "test_predictions.npz")
+    outputs = [Output(layout.TEST_PREDICTIONS, arrays={"labels": np.asarray(labels), "probs": np.asarray(probs, dtype=np.float64)})]
     matrix = confusion(labels, probs)
-    client.log_dict(run_id, {"classes": names, "matrix": matrix.tolist()}, "test_confusion_matrix.json")
+    outputs.append(Output("test_confusion_matrix.json", data={"classes": names, "matrix": matrix.tolist()}))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")
@@ -54,8 +47,7 @@ def log_test_figures(client, run_id: str, labels: np.ndarray, probs: np.ndarray,
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
     fig.tight_layout()
-    client.log_figure(run_id, fig, "test_confusion_matrix.png")
-    plt.close(fig)
+    outputs.append(Output("test_confusion_matrix.png", figure=fig, title="test confusion matrix", section=SECTION))
     curves = roc_curves(labels, probs)
     if curves:
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -65,5 +57,5 @@ def log_test_figures(client, run_id: str, labels: np.ndarray, probs: np.ndarray,
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Test ROC")
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        client.log_figure(run_id, fig, "test_roc.png")
-        plt.close(fig)
+        outputs.append(Output("test_roc.png", figure=fig, title="test ROC", section=SECTION))
+    return outputs

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import optuna
 
+from ..errors import UserError
+from ..plugins import Registry
+from ..records import DEFAULTS, HIGHER_IS_BETTER, TrialConfig
 from .config import Choice, Range, Suite
-from .errors import UserError
-from .metrics import HIGHER_IS_BETTER
-from .registry import Registry
-from .trial import TrialConfig
-
-# every trial parameter but the required ones, with TrialConfig's defaults
-TRIAL_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(TrialConfig) if f.name not in ("strategy", "lr", "metric", "strategy_params")
-}
 
 
 def grid_space(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> dict[str, list]:
@@ -91,8 +84,8 @@ def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = No
 def suggest_config(trial: optuna.Trial, suite: Suite, strategies: Registry, n_units: int | dict[str, int]) -> TrialConfig:
     """Sample one trial's configuration. Searched values become Optuna params; fixed ones user attrs."""
     values: dict[str, Any] = {}
-    for name in ("strategy", "lr", *TRIAL_DEFAULTS):
-        spec = suite.params.get(name, TRIAL_DEFAULTS.get(name))
+    for name in ("strategy", "lr", *DEFAULTS):
+        spec = suite.params.get(name, DEFAULTS.get(name))
         values[name] = _suggest(trial, name, spec)
     strategy = strategies.get(values["strategy"])
     n = n_units[values["granularity"]] if isinstance(n_units, dict) else n_units

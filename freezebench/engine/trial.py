@@ -4,89 +4,50 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .analysis import TrialOutputs, collect_trial_outputs
-from .backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
-from .datacache import DataCache  # noqa: F401  (re-exported: trials share one)
-from .dataset import ImageDataset
-from .device import resolve_compute
-from .errors import UserError
+from ..backbone import Backbone, BackboneSpec, WeightsRequest, trainable_parameter_count
+from ..dataset import ImageDataset
+from ..plugins import hook
+from ..records import TrialConfig, TrialOutputs, TrialResult
+from ..strategy import FreezePlan, Strategy, resolve_strategy_params
+from .datacache import DataCache
+from .device import Compute, resolve_compute
 from .freeze import apply_plan, param_groups
-from .preprocess import Normalizer
+from .heads import with_head
+from .outputs import collect_trial_outputs
 from .phases import PlanExecutor
 from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_features
-from .strategy import FreezePlan, InvalidParams, Strategy  # noqa: F401  (InvalidParams: see resolve)
-from .training import SplitTensors, TrainOutcome, make_optimizer, train
-from .heads import with_head
-from .deconv import unit_layers
-from .saliency import saliency_maps
+from .preprocess import Normalizer
+from .training import SplitTensors, make_optimizer, train
 from .units import with_granularity
 
 
-@dataclass(frozen=True)
-class TrialConfig:
-    """The fully resolved configuration of one trial."""
-
-    strategy: str
-    lr: float
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    head_lr_mult: float = 10.0
-    bn_policy: str = "eval"
-    epochs: int = 3
-    batch_size: int = 32
-    image_size: int = 64
-    seed: int = 0
-    granularity: str = "block"
-    lr_decay: float = 1.0
-    lr_schedule: str = "constant"
-    lr_step: int = 10
-    lr_gamma: float = 0.1
-    select_epoch: str = "best"
-    head: str = "linear"
-    head_hidden: int = 256
-    head_dropout: float = 0.5
-    augment: str = "none"
-    augment_copies: int = 4
-    balance: str = "none"
-    resize_mode: str = "stretch"
-    cache: str = "auto"
-    cache_dtype: str = "float32"
-    cache_limit_mb: int = 2048
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool = True
-    metric: str = "f1"
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-
-    def as_flat_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(out.pop("strategy_params"))
-        return out
-
-
 @dataclass
-class TrialResult:
+class TrialState:
+    """A trial as the lifecycle hooks see it (``freezebench.hookspecs``): what it trains and how.
+
+    ``model`` is the module that trains: the whole backbone, or the suffix after a cached frozen
+    prefix (``backbone.model`` is always the whole network). The test-set fields are set once
+    the model is trained, for ``trial_trained``.
+    """
+
     config: TrialConfig
+    backbone: Backbone
     plan: FreezePlan
-    units: list[str]
-    weights_source: str
-    weights_sha256: str | None
-    trainable_params: int
-    total_params: int
-    wall_seconds: float
-    outcome: TrainOutcome
-    events: list[dict] = field(default_factory=list)  # phases that unfroze units, per epoch
-    prefix_cache: str = "off"  # what the frozen-prefix cache did, and why
-    compute: str = "cpu"  # device, AMP and memory format the trial ran with
-    class_names: tuple[str, ...] = ()
-    outputs: "TrialOutputs | None" = None  # the trained model's test-set outputs, for analyses
+    dataset: ImageDataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    compute: Compute
+    history: list[dict[str, float]] = field(default_factory=list)
+    outputs: TrialOutputs | None = None
+    test_images: torch.Tensor | None = None  # uint8 (N, 3, S, S), before normalisation
+    test_labels: torch.Tensor | None = None
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: dict[str, SplitTensors]):
@@ -116,55 +77,6 @@ def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: di
     return steps, cut, f"on: {cut} steps up to {steps[cut - 1][0]}, features {tuple(probe.shape[1:])} {cfg.cache_dtype}"
 
 
-def parse_window(value: Any, units: list[str], backbone: str) -> tuple[int, int]:
-    """"A..B" (unit names or indices, inclusive) or "all" -> (start, end) with end exclusive."""
-    if value == "all":
-        return 0, len(units)
-    if not isinstance(value, str) or ".." not in value:
-        raise UserError(f"A window is a string \"A..B\" of unit names or indices (inclusive), or \"all\"; got {value!r}.")
-    ends = []
-    for part in value.split("..", 1):
-        part = part.strip()
-        if part.lstrip("-").isdigit():
-            i = int(part)
-            i = i + len(units) if i < 0 else i
-        elif part in units:
-            i = units.index(part)
-        else:
-            i = -1
-        if not 0 <= i < len(units):
-            raise UserError(f"Window {value!r}: backbone {backbone!r} has no unit {part!r}; its units are: {', '.join(units)}")
-        ends.append(i)
-    if ends[0] > ends[1]:
-        raise UserError(f"Window {value!r}: {units[ends[0]]} comes after {units[ends[1]]} in backbone {backbone!r}.")
-    return ends[0], ends[1] + 1
-
-
-def resolve_strategy_params(strategy: Strategy, backbone: Backbone, params: dict[str, Any]) -> dict[str, Any]:
-    """Check unit parameters against the backbone's units; turn windows into (start, end) pairs."""
-    n, units, out = len(backbone.units), backbone.unit_names(), dict(params)
-    for spec in strategy.params:
-        if spec.name not in params:
-            if spec.default is None:
-                raise UserError(f"Strategy {strategy.name!r} needs parameter {spec.name!r} ({spec.help}).")
-            out[spec.name] = spec.default
-            continue
-        value = params[spec.name]
-        if spec.kind == "window":
-            out[spec.name] = parse_window(value, units, backbone.name)
-        elif spec.kind == "unit":
-            if isinstance(value, int) and not isinstance(value, bool) and -n <= value < 0:
-                value = out[spec.name] = value + n  # counted from the end
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
-                raise UserError(
-                    f"Strategy {strategy.name!r}: {spec.name}={value!r} is outside 0..{n} for backbone "
-                    f"{backbone.name!r}, whose {n} units are: {', '.join(units)}"
-                )
-            if spec.after and isinstance(out.get(spec.after), int) and value < out[spec.after]:
-                raise InvalidParams(f"{spec.name}={value} is below {spec.after}={out[spec.after]}")
-    return out
-
-
 def build_and_plan(
     cfg: TrialConfig, num_classes: int, spec: BackboneSpec, weights: WeightsRequest, strategy: Strategy
 ) -> tuple[Backbone, FreezePlan]:
@@ -172,7 +84,7 @@ def build_and_plan(
     backbone = with_granularity(spec.build(num_classes, request), cfg.granularity)
     backbone = with_head(backbone, cfg.head, cfg.head_hidden, cfg.head_dropout)
     params = {**cfg.strategy_params, "head_lr_mult": cfg.head_lr_mult, "bn_policy": cfg.bn_policy}
-    params = resolve_strategy_params(strategy, backbone, params)
+    params = resolve_strategy_params(strategy, backbone.name, backbone.unit_names(), params)
     plan = strategy.plan(backbone.unit_names(), params)  # InvalidParams: this trial fails, the study goes on
     if cfg.lr_decay != 1.0:  # layer-wise LR decay: the unit nearest the head keeps the base LR
         units = backbone.unit_names()
@@ -224,6 +136,16 @@ def fit(
         data = cache.features((context, names), compute_features, cfg.cache_limit_mb * 2**20)
         model = CachedSuffix(steps[cut:])
         norm = _as_float
+    state = TrialState(cfg, backbone, plan, dataset, model, optimizer, compute)
+    hooks = hook()
+    hooks.trial_started(trial=state)
+
+    def epoch_ended(epoch: int, record: dict[str, float]) -> None:
+        state.history.append(record)
+        hooks.epoch_ended(trial=state, epoch=epoch, record=record)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+
     outcome = train(
         model,
         optimizer,
@@ -235,17 +157,17 @@ def fit(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         metric=cfg.metric,
-        on_epoch=on_epoch,
+        on_epoch=epoch_ended,
         executor=executor,
         select=cfg.select_epoch,
         augment=cfg.augment == "online",
         balance=cfg.balance,
         compute=compute,
     )
-    outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
-                                    data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
-    outputs.saliency = saliency_maps(backbone.model, pixels["test"].images, pixels["test"].labels, pixel_norm, compute,
-                                     layers=unit_layers(backbone.model, backbone.units, cfg.image_size))
+    state.outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
+                                          data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
+    state.test_images, state.test_labels, state.normalize = pixels["test"].images, pixels["test"].labels, pixel_norm
+    artifacts = [out for outs in hooks.trial_trained(trial=state) if outs for out in outs]
     return TrialResult(
         config=cfg,
         plan=plan,
@@ -260,7 +182,8 @@ def fit(
         prefix_cache=note,
         compute=compute.describe(),
         class_names=tuple(dataset.classes),
-        outputs=outputs,
+        outputs=state.outputs,
+        artifacts=artifacts,
     )
 
 

@@ -10,15 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .device import AMP_MODES, DEVICE_PATTERN
-from .augment import AUGMENT_MODES
-from .heads import HEADS
-from .preprocess import RESIZE_MODES
-from .metrics import METRICS
-from .phases import LR_SCHEDULES
-from .strategy import BN_POLICIES
-from .units import GRANULARITIES
+from ..errors import UserError
+from ..records import METRICS, PARAMS
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
@@ -91,43 +84,8 @@ class Config:
         return self.suites[name]
 
 
-# Trial parameters the core understands: name -> (type, check, description)
-def _positive(v):
-    return v > 0
-
-
-CORE_PARAMS: dict[str, tuple[type, Any, str]] = {
-    "strategy": (str, None, "a freeze strategy name"),
-    "lr": (float, _positive, "a learning rate > 0"),
-    "head_lr_mult": (float, _positive, "a multiplier > 0"),
-    "optimizer": (str, ("sgd", "adam"), "'sgd' or 'adam'"),
-    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
-    "bn_policy": (str, BN_POLICIES, " or ".join(repr(p) for p in BN_POLICIES)),
-    "epochs": (int, _positive, "an integer >= 1"),
-    "batch_size": (int, lambda v: v >= 2, "an integer >= 2"),
-    "image_size": (int, lambda v: 16 <= v <= 1024, "an integer in 16..1024"),
-    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
-    "granularity": (str, GRANULARITIES, "'block' or 'layer'"),
-    "lr_decay": (float, lambda v: 0 < v <= 1, "a layer-wise LR decay in (0, 1]"),
-    "lr_schedule": (str, LR_SCHEDULES, " or ".join(repr(s) for s in LR_SCHEDULES)),
-    "lr_step": (int, _positive, "an integer >= 1 (epochs between LR drops)"),
-    "lr_gamma": (float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),
-    "select_epoch": (str, ("best", "last"), "'best' (best validation epoch) or 'last'"),
-    "head": (str, HEADS, "'linear' or 'mlp'"),
-    "head_hidden": (int, _positive, "an integer >= 1"),
-    "head_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
-    "augment": (str, AUGMENT_MODES, "'none', 'online' or 'offline'"),
-    "augment_copies": (int, _positive, "an integer >= 1 (offline copies per training image)"),
-    "balance": (str, ("none", "loss", "sampler"), "'none', 'loss' or 'sampler'"),
-    "resize_mode": (str, RESIZE_MODES, "'stretch' or 'pad'"),
-    "cache": (str, ("auto", "off"), "'auto' or 'off'"),
-    "cache_dtype": (str, ("float32", "float16"), "'float32' or 'float16'"),
-    "cache_limit_mb": (int, _positive, "an integer >= 1 (MB)"),
-    "device": (str, lambda v: bool(DEVICE_PATTERN.match(v)), "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
-    "amp": (str, AMP_MODES, "'auto', 'off', 'bf16' or 'fp16'"),
-    "channels_last": (bool, None, "true or false"),
-}
+# Trial parameters the core understands: the table in freezebench.records.
+CORE_PARAMS = PARAMS
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
               "params", "data_root", "confirm"}
 
@@ -290,24 +248,19 @@ def _backbone_ref(ctx: _Ctx, key: str, i: int, value) -> BackboneRef:
 
 
 def _check_value(ctx: _Ctx, key: str, name: str, value):
-    if name not in CORE_PARAMS:  # a strategy's own parameter (e.g. k): int or float
+    if name not in PARAMS:  # a strategy's own parameter (e.g. k): int or float
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             ctx.fail(key, f"must be a number or a string, got {value!r}")
         return value
-    typ, check, desc = CORE_PARAMS[name]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)) or (typ is float and not math.isfinite(value)):
-        ctx.fail(key, f"must be {desc}, got {value!r}")
-    ok = check(value) if callable(check) else (check is None or value in check)
-    if not ok:
-        ctx.fail(key, f"must be {desc}, got {value!r}")
-    return value
+    spec = PARAMS[name]
+    if not spec.accepts(value):
+        ctx.fail(key, f"must be {spec.expects}, got {value!r}")
+    return float(value) if spec.type is float else value
 
 
 def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str]):
-    if name not in CORE_PARAMS and name not in strategy_params:
-        known = sorted(set(CORE_PARAMS) | set(strategy_params))
+    if name not in PARAMS and name not in strategy_params:
+        known = sorted(set(PARAMS) | set(strategy_params))
         ctx.fail(key, f"unknown parameter {name!r}; known parameters: {', '.join(known)}")
     if isinstance(value, list):
         if not value:
@@ -315,16 +268,16 @@ def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str
         return Choice(tuple(_check_value(ctx, f"{key}[{i}]", name, v) for i, v in enumerate(value)))
     if isinstance(value, dict):
         extra = set(value) - {"low", "high", "log", "step"}
-        bounded = name not in CORE_PARAMS  # a strategy's unit range may omit bounds: 0..n_units
+        bounded = name not in PARAMS  # a strategy's unit range may omit bounds: 0..n_units
         if extra or (not bounded and ("low" not in value or "high" not in value)):
             ctx.fail(key, "a range is a table {low = ..., high = ..., log = true|false, step = ...}")
-        if name in CORE_PARAMS and CORE_PARAMS[name][0] not in (int, float):
+        if name in PARAMS and PARAMS[name].type not in (int, float):
             ctx.fail(key, f"{name} cannot be a range; give a value or a list")
         low, high = value.get("low"), value.get("high")
         for k, v in (("low", low), ("high", high)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 ctx.fail(f"{key}.{k}", f"must be a number, got {v!r}")
-        if name in CORE_PARAMS:
+        if name in PARAMS:
             _check_value(ctx, f"{key}.low", name, low)
             _check_value(ctx, f"{key}.high", name, high)
             if low > high:

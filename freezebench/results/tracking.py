@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import math
+import os
+import tempfile
 import time
 from typing import Any
 
-from .trial import TrialResult
+import numpy as np
 
-TAG = "freezebench"
+from ..analysis import Output, pyplot
+from ..records import TrialResult
+from . import layout
 
 
 def _quiet() -> None:
@@ -21,11 +25,6 @@ def _quiet() -> None:
 
 def log_arrays(client, run_id: str, arrays: dict, name: str) -> None:
     """Numpy arrays as one compressed .npz artifact at ``name`` (may include a folder)."""
-    import os
-    import tempfile
-
-    import numpy as np
-
     folder, file = os.path.split(name)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez_compressed(os.path.join(tmp, file), **arrays)
@@ -34,11 +33,6 @@ def log_arrays(client, run_id: str, arrays: dict, name: str) -> None:
 
 def load_arrays(client, run_id: str, name: str) -> dict | None:
     """A .npz artifact as a dict of arrays; None when the run has no such artifact."""
-    import os
-    import tempfile
-
-    import numpy as np
-
     folder = os.path.dirname(name)
     if name not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
         return None
@@ -70,7 +64,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.create_experiment(dataset, artifact_location=location, tags={f"{TAG}.dataset": dataset})
+            return self.client.create_experiment(dataset, artifact_location=location, tags={layout.DATASET: dataset})
         except MlflowException:  # another worker created it a moment ago
             exp = self.client.get_experiment_by_name(dataset)
             if exp is None:
@@ -79,15 +73,13 @@ class Tracker:
 
     def study_run(self, experiment_id: str, study: str, tags: dict[str, str], params: dict[str, Any]) -> str:
         """The study's parent run: reopened if this study ran before, created otherwise."""
-        found = self.client.search_runs(
-            [experiment_id], f"tags.`{TAG}.role` = 'study' and tags.`{TAG}.study` = '{study}'", max_results=1
-        )
+        found = self.client.search_runs([experiment_id], layout.where(layout.STUDY, study=study), max_results=1)
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(
-            experiment_id, run_name=study, tags={f"{TAG}.role": "study", f"{TAG}.study": study, **tags}
+            experiment_id, run_name=study, tags={layout.ROLE: layout.STUDY, layout.STUDY_NAME: study, **tags}
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -97,12 +89,12 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
 
     def start_trial(
-        self, experiment_id: str, parent_id: str, name: str, tags: dict[str, str], params: dict[str, Any], role: str = "trial"
+        self, experiment_id: str, parent_id: str, name: str, tags: dict[str, str], params: dict[str, Any], role: str = layout.TRIAL
     ) -> str:
         run = self.client.create_run(
             experiment_id,
             run_name=name,
-            tags={"mlflow.parentRunId": parent_id, f"{TAG}.role": role, f"{TAG}.state": "running", **tags},
+            tags={layout.PARENT: parent_id, layout.ROLE: role, layout.STATE: "running", **tags},
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -121,15 +113,15 @@ class Tracker:
         metrics = [Metric(k, v, now, epoch) for k, v in _finite(record).items()]
         self.client.log_batch(run_id, metrics=metrics)
 
-    def finish_trial(self, run_id: str, result: TrialResult, tags: dict[str, str] | None = None) -> None:
+    def finish_trial(self, run_id: str, result: TrialResult, outputs: list[Output] = ()) -> None:
+        """Record a complete trial: final metrics, tags, plan and config, its ``outputs``; then close it."""
         from mlflow.entities import Metric, RunTag
 
-        tags = {f"{TAG}.frozen_units": ",".join(result.plan.frozen) or "-", f"{TAG}.prefix_cache": result.prefix_cache,
-                f"{TAG}.compute": result.compute, **(tags or {})}
-
+        tags = {layout.FROZEN_UNITS: ",".join(result.plan.frozen) or "-", layout.PREFIX_CACHE: result.prefix_cache,
+                layout.COMPUTE: result.compute}
         out = result.outcome
         final = {
-            **{f"best_val_{k}": v for k, v in out.best_val.items()},
+            **{layout.best_val(k): v for k, v in out.best_val.items()},
             **{f"test_{k}": v for k, v in out.test.items()},
             "best_epoch": out.best_epoch,
             "trainable_params": result.trainable_params,
@@ -140,67 +132,72 @@ class Tracker:
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, v, now, 0) for k, v in _finite(final).items()],
-            tags=[RunTag(k, v) for k, v in {**tags, f"{TAG}.state": "complete"}.items()],
+            tags=[RunTag(k, v) for k, v in {**tags, layout.STATE: "complete"}.items()],
         )
         self._log_params(run_id, {"weights_source": result.weights_source, "weights_sha256": result.weights_sha256 or "-",
                                   "frozen_unit_names": ", ".join(result.plan.frozen) or "-"})
-        self.client.log_dict(run_id, result.plan.as_dict() | {"units": result.units}, "freeze_plan.json")
-        self.client.log_dict(run_id, result.config.as_flat_dict(), "trial_config.json")
+        self.client.log_dict(run_id, result.plan.as_dict() | {"units": result.units}, layout.FREEZE_PLAN)
+        self.client.log_dict(run_id, result.config.as_flat_dict(), layout.TRIAL_CONFIG)
         if result.events:
-            self.client.log_dict(run_id, result.events, "unfreeze_events.json")
-        if result.outputs is not None:
-            from .analysis import trial_analyses
-
-            for item in trial_analyses(result.outputs):
-                if item.figure is not None:
-                    import matplotlib.pyplot as plt
-
-                    self.client.log_figure(run_id, item.figure, item.name)
-                    plt.close(item.figure)
-                if item.data is not None:
-                    self.client.log_dict(run_id, item.data, item.name)
-                if item.arrays is not None:
-                    log_arrays(self.client, run_id, item.arrays, item.name)
-        if out.test_probs is not None:
-            from .figures import log_test_figures
-
-            log_test_figures(self.client, run_id, out.test_labels, out.test_probs, result.class_names)
+            self.client.log_dict(run_id, result.events, layout.UNFREEZE_EVENTS)
+        self.log_outputs(run_id, outputs)
         self.client.set_terminated(run_id, "FINISHED")
 
-    def trial_config(self, run_id: str) -> dict[str, Any]:
-        import json
-        import tempfile
+    def log_outputs(self, run_id: str, outputs, folder: str | None = None) -> None:
+        """Log analysis outputs (figures, JSON data, arrays) and a manifest saying what each figure is."""
+        manifest = []
+        for item in outputs:
+            name = f"{folder}/{item.name}" if folder else item.name
+            if item.figure is not None:
+                self.client.log_figure(run_id, item.figure, name)
+                pyplot().close(item.figure)
+                manifest.append({"name": name, "title": item.title, "section": item.section, "in_report": item.in_report})
+            if item.data is not None:
+                self.client.log_text(run_id, json.dumps(item.data, indent=1, default=str), name)
+            if item.arrays is not None:
+                log_arrays(self.client, run_id, item.arrays, name)
+        if manifest:
+            manifest_name = f"{folder}/{layout.OUTPUTS_MANIFEST}" if folder else layout.OUTPUTS_MANIFEST
+            self.client.log_dict(run_id, manifest, manifest_name)
 
+    def figures_manifest(self, run_id: str, folder: str | None = None) -> list[dict] | None:
+        """The manifest of a run's logged figures; None for runs recorded before manifests existed."""
+        name = f"{folder}/{layout.OUTPUTS_MANIFEST}" if folder else layout.OUTPUTS_MANIFEST
+        if name not in {a.path for a in self.client.list_artifacts(run_id, folder)}:
+            return None
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, "trial_config.json", tmp)
+            with open(self.client.download_artifacts(run_id, name, tmp)) as f:
+                return json.load(f)
+
+    def trial_config(self, run_id: str) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, layout.TRIAL_CONFIG, tmp)
             with open(path) as f:
                 return json.load(f)
 
     def confirm_seeds_done(self, experiment_id: str, run_id: str) -> set[int]:
-        runs = self.client.search_runs([experiment_id], f"tags.`{TAG}.confirm_of` = '{run_id}' and attributes.status = 'FINISHED'")
+        runs = self.client.search_runs([experiment_id], layout.where(finished=True, confirm_of=run_id))
         return {int(r.data.params["seed"]) for r in runs}
 
-    def store_leaderboard(self, dataset: str, metric: str) -> None:
+    def store_leaderboard(self, dataset: str, csv_text: str, markdown: str, note: str) -> None:
         """Keep the dataset's leaderboard as artifacts of a 'leaderboard' run in its experiment."""
-        from .leaderboard import leaderboard, to_csv, to_markdown
-
         exp_id = self.experiment_id(dataset)
-        rows = leaderboard(self, dataset, metric)
-        found = self.client.search_runs([exp_id], f"tags.`{TAG}.role` = 'leaderboard'", order_by=["attributes.start_time ASC"], max_results=1)
+        found = self.client.search_runs([exp_id], layout.where(layout.LEADERBOARD), order_by=["attributes.start_time ASC"],
+                                        max_results=1)
         run_id = found[0].info.run_id if found else self.client.create_run(
-            exp_id, run_name=f"leaderboard: {dataset}", tags={f"{TAG}.role": "leaderboard", f"{TAG}.dataset": dataset}).info.run_id
-        self.client.log_text(run_id, to_csv(rows), "leaderboard.csv")
-        self.client.log_text(run_id, to_markdown(rows, metric, dataset), "leaderboard.md")
-        self.client.set_tag(run_id, "mlflow.note.content", to_markdown(rows[:20], metric, dataset))
+            exp_id, run_name=f"leaderboard: {dataset}", tags={layout.ROLE: layout.LEADERBOARD, layout.DATASET: dataset}).info.run_id
+        self.client.log_text(run_id, csv_text, layout.LEADERBOARD_CSV)
+        self.client.log_text(run_id, markdown, layout.LEADERBOARD_MD)
+        self.client.set_tag(run_id, layout.NOTE, note)
         self.client.set_terminated(run_id, "FINISHED")
 
     def end_trial(self, run_id: str, state: str, reason: str = "", only_if_running: bool = False) -> None:
         """Close a trial that did not finish: 'pruned' or 'interrupted' (KILLED), 'failed' (FAILED)."""
         if only_if_running and self.client.get_run(run_id).info.status != "RUNNING":
             return
-        self.client.set_tag(run_id, f"{TAG}.state", state)
+        self.client.set_tag(run_id, layout.STATE, state)
         if reason:
-            self.client.set_tag(run_id, f"{TAG}.fail_reason", reason[:5000])
+            self.client.set_tag(run_id, layout.FAIL_REASON, reason[:5000])
         self.client.set_terminated(run_id, "FAILED" if state == "failed" else "KILLED")
 
     def finish_study(self, run_id: str, metrics: dict[str, float]) -> None:

@@ -4,12 +4,13 @@ parameter holder) join the unit of the conv/linear layer that runs before them."
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from .backbone import Backbone, Unit
-
-GRANULARITIES = ("block", "layer")
+from ..backbone import Backbone, Unit
+from ..records import GRANULARITIES
 _STARTS_UNIT = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -67,6 +68,4 @@ def with_granularity(backbone: Backbone, granularity: str) -> Backbone:
         return backbone
     if granularity != "layer":
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
-    import dataclasses
-
     return dataclasses.replace(backbone, units=layer_units(backbone))

@@ -1,0 +1,77 @@
+"""How freezebench lays its records out in MLflow: experiment per dataset, run roles, tag names,
+filter strings and artifact names. Every reader and writer of the store goes through these.
+
+- An experiment per dataset (named after the dataset's alias or name).
+- Runs by role (tag ``freezebench.role``): ``study`` (a study's parent run), ``trial`` (a nested
+  run per Optuna trial), ``confirm`` (a re-run of a trial with another seed), ``leaderboard``
+  (the dataset's stored leaderboard).
+"""
+
+from __future__ import annotations
+
+PREFIX = "freezebench"
+
+
+def tag(name: str) -> str:
+    """The full tag name: ``tag("study")`` is ``freezebench.study``."""
+    return f"{PREFIX}.{name}"
+
+
+# run roles
+STUDY, TRIAL, CONFIRM, LEADERBOARD = "study", "trial", "confirm", "leaderboard"
+
+# tags
+ROLE = tag("role")
+STATE = tag("state")  # running, complete, pruned, failed, interrupted
+SUITE = tag("suite")
+STUDY_NAME = tag("study")
+DATASET = tag("dataset")
+BACKBONE = tag("backbone")
+OBJECTIVE = tag("objective")  # val_<metric>
+STRATEGY = tag("strategy")
+STRATEGY_PARAMS = tag("strategy_params")  # "k=5 a=1", or "-"
+OPTUNA_TRIAL = tag("optuna_trial")
+CONFIRM_OF = tag("confirm_of")  # the run id a confirmation re-runs
+FAIL_REASON = tag("fail_reason")
+FROZEN_UNITS = tag("frozen_units")
+PREFIX_CACHE = tag("prefix_cache")
+COMPUTE = tag("compute")
+PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"
+
+# artifacts
+FREEZE_PLAN = "freeze_plan.json"
+TRIAL_CONFIG = "trial_config.json"
+UNFREEZE_EVENTS = "unfreeze_events.json"
+OUTPUTS_MANIFEST = "outputs.json"  # what each output artifact is: title, section, in_report
+TEST_PREDICTIONS = "test_predictions.npz"
+ANALYSES_FOLDER = "analyses"  # study analyses, under the study's parent run
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_MD = "leaderboard.md"
+
+
+def quote(value: str) -> str:
+    """A string literal for an MLflow filter (double quotes when the value holds a single quote)."""
+    value = str(value)
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def where(role: str | None = None, *, finished: bool = False, **tags: str | None) -> str:
+    """An MLflow filter string: ``where(TRIAL, finished=True, suite="quick")`` selects the finished
+    trial runs of suite quick. Keyword names are tag names without the prefix (``confirm_of``);
+    None values are left out."""
+    parts = [f"tags.`{ROLE}` = {quote(role)}"] if role else []
+    parts += [f"tags.`{tag(k)}` = {quote(v)}" for k, v in tags.items() if v is not None]
+    if finished:
+        parts.append("attributes.status = 'FINISHED'")
+    return " and ".join(parts)
+
+
+def best_val(metric: str) -> str:
+    """The metric a trial's selection value is stored under."""
+    return f"best_val_{metric}"
+
+
+def objective_metric(tags: dict[str, str], default: str = "f1") -> str:
+    """The suite's metric, from a study run's tags."""
+    return tags.get(OBJECTIVE, f"val_{default}").removeprefix("val_")

@@ -1,0 +1,1 @@
+"""Suites: configuration, preparation (checks before anything is written), protocols, search, studies, the runner."""
