@@ -97,9 +97,13 @@ def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
     client = _client(results)
     exp = client.get_experiment_by_name("tinybreast")
     assert len(_trial_runs(client, exp.experiment_id)) == 3
-    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), "--n-trials", "4")
+    code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), "--n-trials", "5")
     assert code == 0
-    assert len(_trial_runs(client, exp.experiment_id)) == 4
+    runs = _trial_runs(client, exp.experiment_id)
+    assert len(runs) == 5
+    # the extension continues the search: no setting of the first run comes back
+    settings = {tuple(sorted((k, r.data.params[k]) for k in ("strategy", "lr", "k") if k in r.data.params)) for r in runs}
+    assert len(settings) == 5
     assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'study'")) == 1
 
 
@@ -146,8 +150,11 @@ def test_interrupted_trial_is_run_again_on_resume(tmp_path, tiny_npz, cli, monke
     assert code == 0 and "resuming, 1 of 2 trials already done" in out
     study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    # the interrupted trial's settings ran first on resume: retried, not lost, not replaced by trial 0's
+    assert study.trials[2].params == study.trials[1].params != study.trials[0].params
+    assert study.trials[2].user_attrs["freezebench.retry_of"] == 1
     statuses = sorted(r.info.status for r in _trial_runs(client, exp_id))
-    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+    assert statuses == ["FINISHED", "FINISHED", "KILLED"]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 

@@ -4,6 +4,7 @@ marked, left out of every count and give their grid point back."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from freezebench.suite.studies import claims_slot, is_finished, is_surplus, release_surplus
@@ -44,7 +45,8 @@ def test_a_surplus_trial_gives_its_grid_point_back(tmp_path):
     assert sorted(t.params["x"] for t in study.trials[1:]) == [0, 1, 2]  # none repeated, none lost
 
 
-def test_a_worker_that_loses_the_race_runs_nothing(tmp_path, tiny_npz, cli):
+def test_a_run_waits_for_trials_running_elsewhere_then_says_so(tmp_path, tiny_npz, cli, monkeypatch):
+    monkeypatch.setenv("FREEZEBENCH_HEARTBEAT_GRACE", "3")  # wait 3 s + 2 heartbeats of 1 s, not a minute
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=1)
     results = tmp_path / "results"
     code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
@@ -56,11 +58,61 @@ def test_a_worker_that_loses_the_race_runs_nothing(tmp_path, tiny_npz, cli):
     code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), "--n-trials", "2")
     assert code == 0, err
     states = [(t.state.name, is_surplus(t)) for t in optuna.load_study(study_name=study.study_name, storage=storage).trials]
-    assert states == [("COMPLETE", False), ("RUNNING", False), ("PRUNED", True)]
+    assert states == [("COMPLETE", False), ("RUNNING", False)]  # no surplus trial started for a slot that was taken
+    text = " ".join(out.split())
+    assert "waiting for trial(s) 1, running in another process" in text
+    assert "stopping with 1 of 2 trials finished: trial(s) 1 still run in another process" in text
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinybreast")
-    assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")) == 1  # no run for the surplus
+    assert len(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")) == 1
     assert "pruned" not in out and "surplus" not in out
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_every_process_continues_the_search_instead_of_replaying_it(tmp_path, kind):
+    """Three processes in turn, and two at once, on one study with the suite's seed: all settings distinct."""
+    import threading
+
+    from freezebench.suite.config import Choice, Range, Suite
+    from freezebench.suite.search import make_sampler
+    from freezebench.suite.studies import storage
+
+    suite = Suite("s", (), (), {"strategy": Choice(("a", "b", "c")), "lr": Range(1e-4, 1e-1, log=True)}, sampler=kind, seed=7)
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(study_name="s", storage=url)
+
+    def objective(trial):
+        trial.suggest_categorical("strategy", ["a", "b", "c"])
+        return trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+
+    def process(n):  # a fresh sampler, as a new process (a resume, a worker) makes it
+        optuna.load_study(study_name="s", storage=storage(url), sampler=make_sampler(suite)).optimize(objective, n_trials=n)
+
+    for _ in range(3):
+        process(3)
+    workers = [threading.Thread(target=process, args=(4,)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 17 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({(t.params["strategy"], t.params["lr"]) for t in trials}) == 17
+    # and a run from scratch is reproducible: trial n always gets the same seed
+    again = tmp_path / "again.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{again}")
+    optuna.load_study(study_name="s", storage=f"sqlite:///{again}", sampler=make_sampler(suite)).optimize(objective, n_trials=3)
+    assert [t.params for t in optuna.load_study(study_name="s", storage=f"sqlite:///{again}").trials] == [t.params for t in trials[:3]]
+
+
+def test_optuna_alone_replays_a_seeded_search(tmp_path):
+    """Why the sampler above exists: a seeded Optuna sampler in a new process proposes the same settings."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    for _ in range(2):
+        study = optuna.create_study(study_name="s", storage=url, sampler=optuna.samplers.RandomSampler(seed=7), load_if_exists=True)
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=3)
+    lrs = [t.params["lr"] for t in study.trials]
+    assert lrs[:3] == lrs[3:]
 
 
 def _race(tmp_path, claim: bool, workers: int = 4, n: int = 6) -> list[optuna.trial.FrozenTrial]:
@@ -109,3 +161,26 @@ def test_racing_workers_fill_the_study_exactly(tmp_path):
     assert sum(t.state.name == "COMPLETE" and not is_surplus(t) for t in trials) == 6
     # without the claim, the same schedule overshoots: each worker checks the count only after its trial
     assert sum(t.state.name == "COMPLETE" for t in _race(tmp_path, claim=False)) == 8
+
+
+def test_two_runs_at_once_on_a_fresh_results_dir(tmp_path, tiny_npz):
+    """Both start on an empty folder (one creates the stores' schemas, under a lock; the other waits) and
+    share the study: every trial is distinct, and both exit cleanly."""
+    import subprocess
+    import sys
+
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='["linear_probe", "freeze_to"]', n_trials=4)
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 1"))
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert not any("Traceback" in log for log in logs)
+    study = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=f"sqlite:///{results / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len({tuple(sorted(t.params.items())) for t in complete}) == 4
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    runs = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)

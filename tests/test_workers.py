@@ -130,12 +130,16 @@ def test_kill_9_mid_study_resumes_without_loss_or_repeats(tmp_path, tiny_npz):
     storage = f"sqlite:///{results / 'optuna.db'}"
     before = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=storage).trials
     assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
-    time.sleep(4)  # past the heartbeat grace period: the killed trial is stale
+    # rerun at once, inside the heartbeat grace: it runs the open slot, and once the killed trial is stale
+    # (waiting for it if need be) runs that trial's settings again: the study ends complete
     resumed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     after = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=storage).trials
     assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert after[0].value == before[0].value and after[0].datetime_complete == before[0].datetime_complete
+    retried = [t for t in after if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].params == before[1].params  # the killed trial's settings, once
+    assert len({t.params["lr"] for t in after if t.state.name == "COMPLETE"}) == 3
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinybreast")
     runs = {r.data.tags["freezebench.optuna_trial"]: r for r in client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")}

@@ -57,6 +57,9 @@ class RichReporter:
         shown = f"val_{self.metric}={value:.4f}" if value is not None else reason
         self.progress.console.print(f"  trial {number} {state} {shown}", highlight=False, markup=False)
 
+    def note(self, study, message):
+        self.progress.console.print(f"{study}: {message}", highlight=False, markup=False, soft_wrap=True)
+
     def study_ended(self, summary):
         if self.trial_task is not None:
             self.progress.remove_task(self.trial_task)
@@ -131,6 +134,9 @@ class LineReporter:
 
     def trial_ended(self, study, number, state, value, reason=""):
         print(f"{study}: trial {number} {state} {'' if value is None else f'{value:.4f}'} {reason}".rstrip(), flush=True)
+
+    def note(self, study, message):
+        print(f"{study}: {message}", flush=True)
 
     def study_ended(self, summary):
         print(f"{summary.study}: {summary.counts}", flush=True)

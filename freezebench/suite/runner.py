@@ -25,7 +25,8 @@ from ..results.tracking import Tracker
 from .preparation import PreparedSuite, StudyPlan
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
-from .studies import StopAtTrials, claims_slot, fail_stale, is_finished, is_surplus, open_study, release_surplus
+from .studies import (StopAtTrials, claims_slot, fail_stale, heartbeat_settings, is_finished, is_surplus, live_trials,
+                      open_study, release_surplus, retry_interrupted, storage)
 
 
 class TrialFailed(Exception):
@@ -38,6 +39,7 @@ class Reporter(Protocol):
     def epoch_done(self, epoch: int, record: dict[str, float]) -> None: ...
     def trial_ended(self, study: str, number: int, state: str, value: float | None, reason: str = "") -> None: ...
     def study_ended(self, summary: "StudySummary") -> None: ...
+    def note(self, study: str, message: str) -> None: ...
 
 
 class SilentReporter:
@@ -46,6 +48,7 @@ class SilentReporter:
     def epoch_done(self, *a): ...
     def trial_ended(self, *a): ...
     def study_ended(self, *a): ...
+    def note(self, *a): ...
 
 
 def _trial_name(number: int, cfg: TrialConfig) -> str:
@@ -113,9 +116,14 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         lambda: tracker.study_run(experiment_id, plan.name, base_tags, parent_params),
     )
     tracker.reopen(parent)
-    for stale in fail_stale(study):  # killed mid-trial: its MLflow run is closed, the trial runs again
-        if "mlflow_run_id" in stale.user_attrs:
-            tracker.end_trial(stale.user_attrs["mlflow_run_id"], "interrupted", "the process stopped (killed?)", only_if_running=True)
+
+    def close_stale() -> None:  # killed mid-trial: its MLflow run is closed, its settings are queued again
+        for stale in fail_stale(study):
+            if "mlflow_run_id" in stale.user_attrs:
+                tracker.end_trial(stale.user_attrs["mlflow_run_id"], "interrupted", "the process stopped (killed?)",
+                                  only_if_running=True)
+
+    close_stale()
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
     sign = 1.0 if direction(metric) == "minimize" else -1.0
 
@@ -147,7 +155,11 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             tracker.end_trial(run_id, "pruned", str(exc))
             reporter.trial_ended(plan.name, trial.number, "pruned", None, str(exc))
             raise
-        except (UserError, KeyboardInterrupt) as exc:
+        except KeyboardInterrupt:
+            tracker.end_trial(run_id, "interrupted", "interrupted (Ctrl-C or a stop signal); its settings run first next time")
+            retry_interrupted(trial.study, trial)
+            raise
+        except UserError as exc:
             tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
         except Exception as exc:
@@ -164,14 +176,12 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         reporter.trial_ended(plan.name, trial.number, "complete", value)
         return value
 
-    done = sum(is_finished(t) for t in study.trials)
-    reporter.study_started(plan.name, n_trials, done)
-    if done < n_trials:
-        try:
-            study.optimize(objective, n_trials=n_trials - done, catch=(TrialFailed,), callbacks=[StopAtTrials(n_trials)])
-        except BaseException:
-            tracker.client.set_terminated(parent, "KILLED")
-            raise
+    reporter.study_started(plan.name, n_trials, sum(is_finished(t) for t in study.trials))
+    try:
+        _fill(study, objective, n_trials, close_stale, reporter, plan.name)
+    except BaseException:
+        tracker.client.set_terminated(parent, "KILLED")
+        raise
     if suite.confirm_top:
         confirm_top(study, plan, suite, tracker, experiment_id, parent, weights, cache, reporter)
     summary = summarize(study, plan, parent)
@@ -184,6 +194,39 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     reporter.study_ended(summary)
     plugins.hook().study_finished(summary=summary)
     return summary
+
+
+def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name: str) -> None:
+    """Run trials until the study has ``n_trials`` finished ones. Queued trials (settings of killed or
+    interrupted trials) run first. When every open slot is held by a trial running elsewhere (another
+    worker, or a process killed a moment ago), wait for them: a killed trial goes stale after the
+    heartbeat grace and is queued again, and this process runs it. Give up waiting when nothing has
+    changed for the grace and two heartbeats, and say so."""
+    import time
+
+    interval, grace = heartbeat_settings()
+    patience, waited_since, seen = grace + 2 * interval, None, None
+    while True:
+        done = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+        live = live_trials(study)
+        if done >= n_trials:
+            return
+        if done + len(live) < n_trials or any(t.state.name == "WAITING" for t in live):
+            study.optimize(objective, n_trials=n_trials - done, catch=(TrialFailed,), callbacks=[StopAtTrials(n_trials)])
+            waited_since = None
+            continue
+        state = (done, tuple(t.number for t in live))
+        if waited_since is None or state != seen:
+            waited_since, seen = time.monotonic(), state
+            reporter.note(name, f"waiting for trial(s) {', '.join(str(t.number) for t in live)}, running in another process "
+                                f"(or killed: then retried here once its heartbeat is {grace} s old)")
+        elif time.monotonic() - waited_since > patience:
+            reporter.note(name, f"stopping with {done} of {n_trials} trials finished: trial(s) "
+                                f"{', '.join(str(t.number) for t in live)} still run in another process. Run the same "
+                                "command again to finish the study once they end (a killed one is retried then).")
+            return
+        time.sleep(interval)
+        close_stale()
 
 
 def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, parent: str, weights, cache, reporter) -> None:
@@ -243,6 +286,9 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
         plans = plans.studies
     reporter = reporter or SilentReporter()
     stores.prepare()
-    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    with stores.lock():  # one process at a time creates or migrates the local stores' schemas
+        tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+        tracker.client.search_experiments(max_results=1)
+        storage(stores.optuna_url)
     cache = DataCache()
     return [run_study(plan, stores, tracker, reporter, cache) for plan in plans]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -31,12 +31,64 @@ def grid_space(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> d
     return space
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number`` in a study seeded with ``seed`` (independent streams, numpy's SeedSequence)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose randomness comes from (suite seed, trial number), not from the process.
+
+    Optuna's seeded samplers start their random sequence anew in every process, so a resumed run,
+    a raised ``--n-trials`` or a second worker on the same study proposes trial 0's, 1's, ...
+    settings again. Here each trial gets a sampler of its own, seeded by its trial number (unique
+    in the study, given out by the storage): every worker and every resume continues the search,
+    and a run from scratch is still reproducible. The samplers still see the whole study's history.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self._make, self._seed = make, seed
+        self._by_trial: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        sampler = self._by_trial.get(trial.number)
+        if sampler is None:
+            sampler = self._by_trial[trial.number] = self._make(trial_seed(self._seed, trial.number))
+        return sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:  # Optuna calls this for n_jobs > 1; our seeds come from trial numbers
+        pass
+
+
 def make_sampler(suite: Suite, strategies: Registry | None = None, n_units: dict[str, int] | None = None) -> optuna.samplers.BaseSampler:
-    if suite.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=suite.seed)
-    if suite.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(suite, strategies, n_units or {}), seed=suite.seed)
-    return optuna.samplers.TPESampler(seed=suite.seed)
+    space = grid_space(suite, strategies, n_units or {}) if suite.sampler == "grid" else None
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        if suite.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if suite.sampler == "grid":
+            return optuna.samplers.GridSampler(space, seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    return TrialSeeded(make, suite.seed)
 
 
 def grid_size(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> int | None:

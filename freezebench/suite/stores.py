@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,25 @@ class Stores:
     def prepare(self) -> None:
         if self.optuna_url.startswith("sqlite:") or self.local_tracking:
             self.results_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the results dir's lock file (local stores only): creating or migrating a SQLite
+        schema is not safe when two processes do it at once (MLflow's migrations fail half-way)."""
+        if not (self.optuna_url.startswith("sqlite:") or self.local_tracking):
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): run unlocked
+            yield
+            return
+        with open(self.results_dir / ".freezebench.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def exists(self) -> bool:
         return not self.local_tracking or Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()

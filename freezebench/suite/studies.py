@@ -4,6 +4,7 @@ and counting which trials are finished."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import warnings
@@ -16,6 +17,8 @@ from ..errors import UserError
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
 PARENT_ATTR = "mlflow_parent_run_id"
 SURPLUS_ATTR = "freezebench.surplus"
+RETRY_ATTR = "freezebench.retry_of"  # an interrupted trial's number, on the trial that runs its settings again
+MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is not retried forever
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -29,7 +32,8 @@ def storage(url: str) -> optuna.storages.BaseStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=grace, engine_kwargs=engine)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=grace, engine_kwargs=engine,
+                                              **{_RETRY_KEYWORD: _retry_stale()})
         except ImportError as exc:
             hint = ' (pip install "freezebench[postgres]")' if url.startswith("postgres") else ""
             raise UserError(f"No database driver for the Optuna storage {url.split('@')[-1]}: {exc.__cause__ or exc}{hint}.") from None
@@ -37,6 +41,29 @@ def storage(url: str) -> optuna.storages.BaseStorage:
             if attempt == 4:
                 raise UserError(f"Cannot open the Optuna storage {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from None
             time.sleep(1 + attempt)
+
+
+# Optuna 4.9 renamed the keyword (the old one warns, and goes in 6.0)
+_RETRY_KEYWORD = ("heartbeat_stale_trial_callback"
+                  if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                  else "failed_trial_callback")
+
+
+def _retry_stale():
+    """Optuna's callback that queues a stale (killed) trial's settings again, once per stale trial: only
+    the process whose update failed the trial calls it, so concurrent workers never queue it twice."""
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return retry(max_retry=MAX_RETRIES)
+
+
+def retry_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Queue an interrupted trial's settings (Ctrl-C, SIGTERM) so that the next run tries them first."""
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_ATTR: trial.number})
+
+
+def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials running now (here or in another process, or killed a moment ago) or queued to run."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in ("RUNNING", "WAITING") and not is_surplus(t)]
 
 
 def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:
