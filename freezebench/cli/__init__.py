@@ -8,7 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import UserError
-from .console import err_console
+from .console import err_console, styled
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +43,6 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except UserError as exc:
-        err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(styled(("Error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .console import console, print_json
+from .console import console, plain, print_json
 
 
 @click.command("plugins")
@@ -24,7 +24,7 @@ def plugins_cmd(as_json: bool):
         table.add_column(col)
     for p in plugins:
         dist = f"{p.distribution} {p.version}" if p.distribution else "-"
-        table.add_row(p.name, p.module, dist, ", ".join(p.hooks))
+        table.add_row(*map(plain, (p.name, p.module, dist, ", ".join(p.hooks))))
     console.print(table)
 
 
@@ -55,15 +55,15 @@ def list_cmd(kind: str, pattern: str | None, as_json: bool):
         return
     from rich.table import Table
 
-    table = Table(title=f"{kind}" + (f" matching {pattern!r}" if pattern else ""))
+    table = Table(title=plain(f"{kind}" + (f" matching {pattern!r}" if pattern else "")))
     cols = list(rows[0]) if rows else ["name", "plugin", "summary"]
     for col in cols:
         table.add_column(col)
     for row in rows:
-        table.add_row(*(", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in row.values()))
+        table.add_row(*(plain(", ".join(map(str, v)) if isinstance(v, list) else v) for v in row.values()))
     console.print(table)
     if not rows:
-        console.print(f"No {kind} match {pattern!r}." if pattern else f"No {kind} installed.")
+        console.print(f"No {kind} match {pattern!r}." if pattern else f"No {kind} installed.", markup=False)
 
 
 @click.command("describe")
@@ -104,5 +104,5 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, as_js
         table.add_row(str(r["index"]), r["unit"], f"{r['params']:,}", f"{100 * r['share']:.2f}%", f"{100 * cumulative / total:.1f}%")
     table.add_row("", f"head: {built.head.name}", f"{head_params:,}", f"{100 * head_params / total:.2f}%", "never")
     console.print(table)
-    console.print(f"total {total:,} parameters; head {describe_head(built)}", highlight=False)
-    console.print(f"default weights: {entry.obj.default_weights}", highlight=False)
+    console.print(f"total {total:,} parameters; head {describe_head(built)}", highlight=False, markup=False)
+    console.print(f"default weights: {entry.obj.default_weights}", highlight=False, markup=False)

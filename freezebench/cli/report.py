@@ -25,4 +25,4 @@ def report_cmd(suite, out_dir, results_dir, storage, tracking_uri):
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     path = build_report(Tracker(stores.tracking_uri, stores.artifact_root), suite, Path(out_dir))
-    console.print(f"Report: {path.resolve()}", highlight=False, soft_wrap=True)
+    console.print(f"Report: {path.resolve()}", highlight=False, soft_wrap=True, markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from .console import console, err_console, print_json
+from .console import console, err_console, plain, print_json
 from .options import store_options
 
 
@@ -41,7 +41,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
              + (f", best per {group_by}" if group_by else ""))
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=plain(title), box=box.SIMPLE_HEAD, pad_edge=False)
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
         cols.pop("backbone")
@@ -56,10 +56,10 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         cells = [_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols]
         if "test_f1_std" in r and "test_f1" in cols:  # confirmed over several seeds: mean ± spread
             cells[list(cols).index("test_f1")] = f"{r['test_f1_mean']:.3f}±{r['test_f1_std']:.3f}"
-        table.add_row(*cells)
+        table.add_row(*map(plain, cells))
     console.print(table)
     if not rows:
-        console.print(f"No finished trials for {dataset!r} yet.")
+        console.print(f"No finished trials for {dataset!r} yet.", markup=False)
 
 
 @click.command("leaderboard")
@@ -114,9 +114,9 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
     from ..results.tracking import Tracker
 
     base = f"http://127.0.0.1:{port}"
-    console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True, markup=False)
     for dataset, exp_id, metric in experiments_with_results(Tracker(stores.tracking_uri, stores.artifact_root)):
-        console.print(f"  {dataset} leaderboard: {ui_runs_url(base, exp_id, metric)}", highlight=False, soft_wrap=True)
+        console.print(f"  {dataset} leaderboard: {ui_runs_url(base, exp_id, metric)}", highlight=False, soft_wrap=True, markup=False)
     try:
         code = subprocess.call(ui_command(stores, port))
     except KeyboardInterrupt:

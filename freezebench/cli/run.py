@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .console import console
+from .console import console, styled
 from .options import store_options
 
 
@@ -24,10 +24,10 @@ def prepare(suite: str, config_path: str | None, allow_leaks: bool, n_trials: in
     with console.status(f"Preparing suite {suite!r} (datasets, splits, leak audit, backbones)..."):
         prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
     for name, why in prepared.skipped:
-        console.print(f"[yellow]Skipping dataset {name}[/]: {why}", highlight=False, soft_wrap=True)
+        console.print(styled((f"Skipping dataset {name}", "yellow"), f": {why}"), highlight=False, soft_wrap=True)
     for name, report, allowed in prepared.audits:
         note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
-        console.print(f"[yellow]Leak audit {name}[/]: {report.summary()} ({note})", highlight=False, soft_wrap=True)
+        console.print(styled((f"Leak audit {name}", "yellow"), f": {report.summary()} ({note})"), highlight=False, soft_wrap=True)
     return config, prepared
 
 
@@ -41,7 +41,7 @@ class RichReporter:
     def study_started(self, study, n_trials, n_done):
         self.study_task = self.progress.add_task(f"[bold]{study}", total=n_trials, completed=n_done)
         if n_done:
-            self.progress.console.print(f"{study}: resuming, {n_done} of {n_trials} trials already done")
+            self.progress.console.print(f"{study}: resuming, {n_done} of {n_trials} trials already done", markup=False, highlight=False)
 
     def trial_started(self, study, number, cfg):
         if self.trial_task is not None:
@@ -86,15 +86,14 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     stores = Stores.resolve(results_dir, storage, tracking_uri)
     metric = config.suite(suite).metric
     about = config.suite(suite).description
-    console.print(f"Suite [bold]{suite}[/]" + (f" ({about})" if about else "") +
-                  f": {len(plans)} {'study' if len(plans) == 1 else 'studies'}, {sum(planned_trials(p) for p in plans)} trials;"
-                  f" results in {stores.results_dir}"
-                  + _compute_note(config.suite(suite).params), highlight=False)
+    console.print(styled("Suite ", (suite, "bold"), (f" ({about})" if about else "")
+                         + f": {len(plans)} {'study' if len(plans) == 1 else 'studies'}, {sum(planned_trials(p) for p in plans)} trials;"
+                         f" results in {stores.results_dir}" + _compute_note(config.suite(suite).params)), highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         summaries = run_suite(plans, stores, RichReporter(progress, metric))
 
-    console.print(f"[bold]Suite {suite}[/]: best trial per study, selected on val {metric}")
+    console.print(styled((f"Suite {suite}", "bold"), f": best trial per study, selected on val {metric}"))
     for s in summaries:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items()))
         line = f"  {s.study}: {counts}"
@@ -102,11 +101,11 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
             best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
             test = ", ".join(f"{k} {s.best_test[k]:.3f}" for k in ("accuracy", "f1", "auc") if k in s.best_test)
             line += f"; best val {metric} {s.best_value:.3f} ({best}); test {test}"
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     for label in dict.fromkeys(s.dataset for s in summaries):
         print_leaderboard(tracker, label, metric, suite=suite, limit=10)
-    console.print("Browse every run: [bold]freezebench ui[/]" + (f" --results-dir {results_dir}" if results_dir else ""))
+    console.print(styled("Browse every run: ", ("freezebench ui", "bold"), f" --results-dir {results_dir}" if results_dir else ""))
 
 
 def _compute_note(params: dict) -> str:

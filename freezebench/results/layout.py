@@ -50,6 +50,18 @@ LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
 
 
+def path_component(name: str) -> str:
+    """``name`` as one safe file or folder name: never a path (no separators, no "." or ".."), nothing
+    outside letters, digits and ``._-`` (others become ``_``, with a short hash so names stay distinct)."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    if safe != name:
+        safe = f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
 def quote(value: str) -> str:
     """A string literal for an MLflow filter (double quotes when the value holds a single quote)."""
     value = str(value)

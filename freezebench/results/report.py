@@ -91,7 +91,7 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         boards.append(f"<h2>Leaderboard: {html.escape(dataset)}</h2>" + _table(
             rows, ["rank", "backbone", "strategy", "strategy_params", "lr", f"val_{metric}", "test_accuracy", "test_f1", "test_auc", "trainable_params"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{suite}.html"
+    path = out_dir / f"{layout.path_component(suite)}.html"
     path.write_text(_PAGE.format(suite=html.escape(suite), boards="\n".join(boards), studies="\n".join(sections),
                                  n=len(studies)), encoding="utf-8")
     return path

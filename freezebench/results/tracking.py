@@ -8,6 +8,7 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        location = f"{self.artifact_root}/{dataset}" if self.artifact_root else None
+        location = str(Path(self.artifact_root) / layout.path_component(dataset)) if self.artifact_root else None
         from mlflow.exceptions import MlflowException
 
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,6 +34,12 @@ class Range:
     high: float | None
     log: bool = False
     step: float | None = None
+
+    def unit_bounds(self, n_units: int) -> tuple[int, int]:
+        """A unit range's bounds for a backbone of ``n_units`` units; negative bounds count from the end."""
+        low = 0 if self.low is None else int(self.low)
+        high = n_units if self.high is None else int(self.high)
+        return (low + n_units if low < 0 else low, high + n_units if high < 0 else high)
 
 
 @dataclass(frozen=True)
@@ -139,9 +146,14 @@ def parse_config(data: dict, path: Path, strategy_params: dict[str, str]) -> Con
     if not isinstance(suites_raw, dict) or not suites_raw:
         ctx.fail("suites", "define at least one suite as a [suites.NAME] table")
     suites = {}
+    if not isinstance(defaults.get("params", {}), dict):
+        ctx.fail("defaults.params", "must be a table of parameters, e.g. [defaults.params]")
     for name, raw in suites_raw.items():
         if not isinstance(raw, dict):
             ctx.fail(f"suites.{name}", "must be a table")
+        _check_name(ctx, f"suites.{name}", name, "a suite name")
+        if not isinstance(raw.get("params", {}), dict):
+            ctx.fail(f"suites.{name}.params", f"must be a table of parameters ([suites.{name}.params]), got {raw['params']!r}")
         merged = {**{k: v for k, v in defaults.items() if k != "params"}, **raw}
         merged["params"] = {**defaults.get("params", {}), **raw.get("params", {})}
         suites[name] = _parse_suite(ctx, name, merged, strategy_params)
@@ -207,6 +219,16 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
     return {"confirm_top": top, "confirm_seeds": tuple(seeds)}
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@ -]*$")
+
+
+def _check_name(ctx: _Ctx, key: str, name: str, what: str) -> None:
+    """Suite names and aliases name experiments, studies and files: no path separators, no leading dot."""
+    if not NAME.match(name) or ".." in name or len(name) > 100:
+        ctx.fail(key, f"{what} must start with a letter or digit and hold only letters, digits, spaces and "
+                      f"_ . + = @ - (no '/', '\\' or '..', at most 100 characters); got {name!r}")
+
+
 def _optional_str(ctx: _Ctx, key: str, value):
     if value is not None and not isinstance(value, str):
         ctx.fail(key, f"must be a string (a path), got {value!r}")
@@ -229,6 +251,8 @@ def _dataset_ref(ctx: _Ctx, key: str, i: int, value) -> DatasetRef:
         alias = value.get("alias")
         if alias is not None and not isinstance(alias, str):
             ctx.fail(f"{key}[{i}].alias", "must be a string")
+        if alias is not None:
+            _check_name(ctx, f"{key}[{i}].alias", alias, "an alias")
         return DatasetRef(value["name"], options, alias)
     ctx.fail(f"{key}[{i}]", 'must be a dataset name or a table {name = "...", <options>}')
 
@@ -280,8 +304,14 @@ def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str
         if name in PARAMS:
             _check_value(ctx, f"{key}.low", name, low)
             _check_value(ctx, f"{key}.high", name, high)
-            if low > high:
-                ctx.fail(key, f"low ({low}) is greater than high ({high})")
+        if low is not None and high is not None and (low >= 0) == (high >= 0) and low > high:
+            # (a unit range's negative bounds count from the end: checked against each backbone later)
+            ctx.fail(key, f"low ({low}) is greater than high ({high})")
+        step = value.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+            ctx.fail(f"{key}.step", f"must be a number > 0, got {step!r}")
+        if step is not None and value.get("log"):
+            ctx.fail(f"{key}.step", "a log range takes no step")
         log = value.get("log", False)
         if not isinstance(log, bool):
             ctx.fail(f"{key}.log", "must be true or false")

@@ -119,7 +119,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
         folds = range(protocol.folds) if protocol.split == "kfold" and protocol.fold is None else [protocol.fold]
         for fold in folds:
             p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
-            split, report = apply_protocol(dataset, p, load_external, augment_array)
+            split, report = _split(dataset, p, load_external, key)
             allowed = allow_leaks or protocol.allow_leaks
             blocking = report.subjects or report.protocol or (report.duplicates and split.split_source != "given")
             label = ref.label + (f"/fold{fold}" if fold is not None and protocol.split == "kfold" else "")
@@ -162,6 +162,18 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     return prepared
 
 
+def _split(dataset: ImageDataset, protocol: SplitProtocol, load_external, key: str):
+    """Split and audit, turning the splitter's refusal (more folds than subjects) into a message."""
+    try:
+        return apply_protocol(dataset, protocol, load_external, augment_array)
+    except ValueError as exc:
+        if protocol.split != "kfold":
+            raise
+        groups = len(set(map(str, dataset.groups)))
+        raise UserError(f"{key}: folds = {protocol.folds} cannot split dataset {dataset.name!r} ({len(dataset.labels)} images, "
+                        f"{groups} subjects, {dataset.counts()}): {exc} Use fewer folds.") from None
+
+
 def _values(spec) -> tuple:
     if isinstance(spec, Choice):
         return spec.values
@@ -178,7 +190,13 @@ def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, gran
             if p.name not in suite.params:
                 continue
             key = f"{where}.params.{p.name}"
-            for v in _values(suite.params[p.name]):
+            spec = suite.params[p.name]
+            if p.kind == "unit" and isinstance(spec, Range):
+                low, high = spec.unit_bounds(n)
+                if low > high:
+                    raise UserError(f"{key}: the range {{low = {spec.low}, high = {spec.high}}} is empty for backbone "
+                                    f"{backbone!r}: with its {n} {granularity} units it runs from {low} down to {high}")
+            for v in _values(spec):
                 if v is None:  # an open range bound
                     continue
                 if p.kind == "unit" and (not isinstance(v, int) or isinstance(v, bool) or not -n <= v <= n):

@@ -24,7 +24,7 @@ def grid_space(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> d
             if name in unit_params:
                 if len(n_units) != 1:
                     raise UserError(f"suites.{suite.name}.params.{name}: a grid over unit ranges needs one fixed granularity")
-                low, high = unit_bounds(spec, next(iter(n_units.values())))
+                low, high = spec.unit_bounds(next(iter(n_units.values())))
                 space[name] = list(range(low, high + 1))
             else:  # config validation allows only integer ranges with the grid sampler
                 space[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
@@ -110,20 +110,13 @@ def direction(metric: str) -> str:
     return "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
 
 
-def unit_bounds(spec: Range, n_units: int) -> tuple[int, int]:
-    """A unit range's bounds; negative bounds count from the number of units."""
-    low = 0 if spec.low is None else int(spec.low)
-    high = n_units if spec.high is None else int(spec.high)
-    return tuple(v + n_units if v < 0 else v for v in (low, high))
-
-
 def _suggest(trial: optuna.Trial, name: str, spec: Any, n_units: int | None = None, floor: int | None = None):
     if isinstance(spec, Choice):
         return trial.suggest_categorical(name, list(spec.values))
     if isinstance(spec, Range):
         low, high = spec.low, spec.high
         if n_units is not None:
-            low, high = unit_bounds(spec, n_units)
+            low, high = spec.unit_bounds(n_units)
             if floor is not None:  # e.g. a window's end must not be below its start
                 low = min(max(low, floor), high)
             return trial.suggest_int(name, low, high)

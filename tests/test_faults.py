@@ -1,0 +1,90 @@
+"""Faults and hostile input found by an outside probe (issue "Reliability"): each case gets a clear
+message, a non-zero exit, and nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+
+from .test_bad_input import _valid, run_bad  # noqa: F401  (fixture)
+
+
+def test_error_text_is_never_read_as_markup(run_bad, tiny_npz, tmp_path):
+    weights = tmp_path / "a[/x]" / "[bold]w.safetensors"
+    text = _valid(tiny_npz).replace('backbones = ["mobilenetv2_100"]',
+                                     f'backbones = [{{ name = "mobilenetv2_100", weights = "{weights}" }}]')
+    err = run_bad(text)
+    assert f"weights file for 'mobilenetv2_100' not found: {weights}" in err
+
+
+def test_install_hints_keep_their_brackets(cli, monkeypatch):
+    from freezebench.cli import run as run_module
+    from freezebench.errors import UserError
+
+    def refuse(*args, **kwargs):
+        raise UserError('No database driver for the Optuna storage: pip install "freezebench[postgres]".')
+
+    monkeypatch.setattr(run_module, "prepare", refuse)
+    code, _, err = cli("run", "--suite", "quick")
+    assert code == 2 and 'pip install "freezebench[postgres]"' in err
+
+
+def test_descriptions_with_brackets_show_as_written(cli, tmp_path, tiny_npz):
+    from .conftest import write_suite
+
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=1,
+                         extra='description = "[bold]MRI[/bold] [/x] cohort"')
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    assert "Suite tiny ([bold]MRI[/bold] [/x] cohort)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("where,value", [("alias", "../../evil"), ("alias", ".hidden"), ("alias", "a/b"),
+                                         ("suite", "../../escaped"), ("suite", "a/b")])
+def test_names_that_would_become_paths_are_refused(run_bad, tiny_npz, where, value):
+    text = _valid(tiny_npz)
+    if where == "alias":
+        text = text.replace('path = "', f'alias = "{value}", path = "')
+        err = run_bad(text)
+        assert "suites.tiny.datasets[0].alias: an alias must start with a letter or digit" in err
+    else:
+        text = text.replace("[suites.tiny]", f'[suites."{value}"]').replace("[suites.tiny.params]", f'[suites."{value}".params]')
+        err = run_bad(text, suite=value)
+        assert f"suites.{value}: a suite name must start with a letter or digit" in err
+
+
+def test_stored_names_never_leave_their_folder(tmp_path):
+    """Defence in depth: names are made safe path components wherever they become one."""
+    from freezebench.results.layout import path_component
+    from freezebench.results.tracking import Tracker
+
+    for name in ("../../evil", "..", ".", "a/b", "c\\d", "", "ok-name_1.2"):
+        part = path_component(name)
+        assert "/" not in part and "\\" not in part and part not in (".", "..", "") and not part.startswith(".")
+    assert path_component("ok-name_1.2") == "ok-name_1.2" and path_component("a/b") != path_component("a_b")
+    from pathlib import Path
+
+    root = tmp_path / "mlartifacts"
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", str(root))
+    exp = tracker.client.get_experiment(tracker.experiment_id("../../evil"))
+    location = Path(exp.artifact_location.removeprefix("file://"))
+    assert location.parent == root and ".." not in location.parts
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("k = 2", "k = { low = 6, high = 2 }", "suites.tiny.params.k: low (6) is greater than high (2)"),
+    ("k = 2", "k = { low = -1, high = 2 }", "suites.tiny.params.k: the range {low = -1, high = 2} is empty for backbone 'mobilenetv2_100'"),
+    ("lr = 0.01", "lr = { low = 0.001, high = 0.1, step = 0 }", "suites.tiny.params.lr.step: must be a number > 0, got 0"),
+    ("lr = 0.01", "lr = { low = 0.001, high = 0.1, log = true, step = 0.01 }", "suites.tiny.params.lr.step: a log range takes no step"),
+    ("[suites.tiny.params]", 'params = "fast"\n[suites.tiny.other]', "suites.tiny.params: must be a table of parameters"),
+])
+def test_ranges_and_tables_are_checked_before_anything_runs(run_bad, tiny_npz, old, new, expected):
+    text = _valid(tiny_npz).replace(old, new)
+    if new.startswith("params ="):  # params given as a string instead of a table
+        text = _valid(tiny_npz).split("[suites.tiny.params]")[0].replace("n_trials = 1", 'n_trials = 1\nparams = "fast"')
+    assert expected in run_bad(text)
+
+
+def test_more_folds_than_subjects_is_named(run_bad, tiny_npz):
+    text = _valid(tiny_npz).replace('path = "', 'split = "kfold", folds = 40, path = "')
+    err = run_bad(text)
+    assert "suites.tiny.datasets[0]" in err and "folds = 40" in err
