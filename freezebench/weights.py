@@ -57,6 +57,8 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Weights file not found: {path}. Check the 'weights' path in your config.")
+    if path.stat().st_size == 0:
+        raise UserError(f"Weights file {path} is empty (0 bytes): the download or copy did not finish. Fetch it again.")
     if sha256:
         actual = sha256_file(path)
         if actual.lower() != sha256.lower():

@@ -88,3 +88,52 @@ def test_more_folds_than_subjects_is_named(run_bad, tiny_npz):
     text = _valid(tiny_npz).replace('path = "', 'split = "kfold", folds = 40, path = "')
     err = run_bad(text)
     assert "suites.tiny.datasets[0]" in err and "folds = 40" in err
+
+
+def _weights_suite(tiny_npz, weights: str, sha256: str | None = None) -> str:
+    extra = f', sha256 = "{sha256}"' if sha256 else ""
+    return _valid(tiny_npz).replace('backbones = ["mobilenetv2_100"]',
+                                    f'backbones = [{{ name = "mobilenetv2_100", weights = "{weights}"{extra} }}]')
+
+
+@pytest.fixture
+def weight_files(tmp_path):
+    """Bad weights of every kind the probe tried, each a real file."""
+    import shutil
+
+    import torch
+
+    from freezebench import plugins
+    from freezebench.backbone import WeightsRequest
+    from freezebench_plugins.timm_backbones import SHIPPED
+
+    good, sha = SHIPPED["mobilenetv2_100"]
+    files = {"empty": tmp_path / "empty.safetensors", "truncated": tmp_path / "truncated.pth", "other": tmp_path / "resnet.pth",
+             "good": tmp_path / "good.safetensors"}
+    files["empty"].write_bytes(b"")
+    shutil.copy(good, files["good"])
+    torch.save(plugins.backbones().get("resnet10t").build(2, WeightsRequest(False)).model.state_dict(), files["other"])
+    files["truncated"].write_bytes(files["other"].read_bytes()[:5000])
+    return files, sha
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty", "is empty (0 bytes)"),
+    ("truncated", "Cannot read weights file"),
+    ("other", "the weights are for another architecture"),
+    ("wrong_sha", "has sha256"),
+    ("malformed_sha", "sha256: must be 64 hexadecimal digits"),
+    ("unreachable", "Could not download weights from http://127.0.0.1:9/"),
+])
+def test_bad_weights_are_found_before_anything_is_written(run_bad, tiny_npz, weight_files, case, expected):
+    files, sha = weight_files
+    if case == "wrong_sha":
+        text = _weights_suite(tiny_npz, files["good"], "0" * 64)
+    elif case == "malformed_sha":
+        text = _weights_suite(tiny_npz, files["good"], "abc123")
+    elif case == "unreachable":
+        text = _weights_suite(tiny_npz, "http://127.0.0.1:9/w.safetensors")
+    else:
+        text = _weights_suite(tiny_npz, files[case])
+    err = run_bad(text)  # exit 2, no traceback, no results folder
+    assert expected in err and "backbones" in err

@@ -184,3 +184,29 @@ def test_two_runs_at_once_on_a_fresh_results_dir(tmp_path, tiny_npz):
     exp = client.get_experiment_by_name("tinybreast")
     runs = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+
+
+def test_grid_points_run_once_across_processes(tmp_path):
+    """The grid's order is the suite's (a point's id means one point everywhere), so processes in turn
+    cover the grid, each point once."""
+    from freezebench import plugins
+    from freezebench.suite.config import Choice, Suite
+    from freezebench.suite.search import make_sampler
+    from freezebench.suite.studies import storage
+
+    suite = Suite("s", (), (), {"strategy": Choice(("a", "b", "c")), "lr": Choice((1e-3, 1e-2, 1e-1))}, sampler="grid", seed=3)
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(study_name="s", storage=url)
+
+    def objective(trial):
+        trial.suggest_categorical("strategy", ["a", "b", "c"])
+        return trial.suggest_categorical("lr", [1e-3, 1e-2, 1e-1])
+
+    def process(n):
+        sampler = make_sampler(suite, plugins.strategies(), {})
+        optuna.load_study(study_name="s", storage=storage(url), sampler=sampler).optimize(objective, n_trials=n)
+
+    for n in (3, 2, 4):  # three processes in turn (two at once may rarely pick one point: Optuna's grid caveat)
+        process(n)
+    points = [(t.params["strategy"], t.params["lr"]) for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert len(points) == 9 and len(set(points)) == 9

@@ -115,3 +115,69 @@ def test_runs_page_in_headless_chromium(ui_server, tmp_path):
     assert all(p >= 0 for p in positions), (names, "not in the rendered page")
     text = re.sub(r"<[^>]+>", "", dom)  # the page's text, e.g. "<strong>3</strong> matching runs"
     assert f"{len(names)} matching runs" in text
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_stopping_the_ui_stops_everything_it_started(finished_suite, signal_name):
+    import signal
+
+    _, results, _ = finished_suite
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "freezebench", "ui", "--port", str(port), "--results-dir", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if _get(f"http://127.0.0.1:{port}/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    server = _children(proc.pid)
+    assert len(server) == 1
+    group = _group_members(server[0])  # the MLflow server, its uvicorn worker, its job consumers
+    assert len(group) >= 2
+    proc.send_signal(getattr(signal, signal_name))  # to freezebench only, as a supervisor or a closed terminal does
+    assert proc.wait(timeout=60) == 0
+    deadline = time.time() + 20
+    while _group_members(server[0]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _group_members(server[0]) == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_a_taken_port_is_named(finished_suite):
+    _, results, _ = finished_suite
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "freezebench", "ui", "--port", str(port), "--results-dir", str(results)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"Port {port} on 127.0.0.1 is in use" in " ".join(result.stderr.split()) and "--port 0" in result.stderr
+    assert "leaderboard:" not in result.stdout  # no URLs that would point at the other server

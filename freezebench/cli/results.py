@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..errors import UserError
@@ -96,13 +98,69 @@ def ui_command(stores, port: int) -> list[str]:
     return cmd
 
 
+def port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(cmd: list[str]) -> int:
+    """Run the MLflow server in a process group of its own and stop all of it (its uvicorn worker and
+    job consumers too) when this process is stopped: SIGTERM, SIGINT (Ctrl-C) or SIGHUP (a closed
+    terminal). Returns the server's exit status."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopping = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if stopping:
+            try:  # the leader is gone; stragglers of its group get no second chance
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return 0
+        return code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 @click.command("ui")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True,
+              help="Port on 127.0.0.1; 0 picks a free one.")
 @store_options
 def ui_cmd(port, results_dir, storage, tracking_uri):
     """Start the MLflow UI on the local results store, bound to 127.0.0.1."""
-    import subprocess
-
     from ..suite.stores import Stores
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
@@ -110,6 +168,11 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
         raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    if port == 0:
+        port = free_port()
+    elif port_in_use(port):
+        raise UserError(f"Port {port} on 127.0.0.1 is in use (another MLflow UI or server?). Pass --port N, "
+                        "or --port 0 to pick a free one.")
     from ..results.leaderboard import experiments_with_results, ui_runs_url
     from ..results.tracking import Tracker
 
@@ -117,10 +180,8 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
     console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True, markup=False)
     for dataset, exp_id, metric in experiments_with_results(Tracker(stores.tracking_uri, stores.artifact_root)):
         console.print(f"  {dataset} leaderboard: {ui_runs_url(base, exp_id, metric)}", highlight=False, soft_wrap=True, markup=False)
-    try:
-        code = subprocess.call(ui_command(stores, port))
-    except KeyboardInterrupt:
-        code = 0
+    sys.stdout.flush()
+    code = serve(ui_command(stores, port))
     if code:
-        err_console.print(f"The MLflow server exited with status {code} (port {port} in use? try --port).")
+        err_console.print(f"The MLflow server exited with status {code}.", markup=False)
     raise SystemExit(code)

@@ -267,6 +267,8 @@ def _backbone_ref(ctx: _Ctx, key: str, i: int, value) -> BackboneRef:
         for k in ("weights", "sha256"):
             if k in value and not isinstance(value[k], str):
                 ctx.fail(f"{key}[{i}].{k}", "must be a string")
+        if "sha256" in value and not re.fullmatch(r"[0-9a-fA-F]{64}", value["sha256"]):
+            ctx.fail(f"{key}[{i}].sha256", f"must be 64 hexadecimal digits (sha256sum's output), got {value['sha256']!r}")
         return BackboneRef(value["name"], value.get("weights"), value.get("sha256"))
     ctx.fail(f"{key}[{i}]", 'must be a backbone name or a table {name = "...", weights = "path", sha256 = "..."}')
 

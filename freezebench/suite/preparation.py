@@ -143,7 +143,15 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
             if not Path(ref.weights).is_file():
                 raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")
         bspec = registry.backbones().get(ref.name)
-        skeleton = bspec.build(2, WeightsRequest(pretrained=False))
+        # build it once with the weights the trials will load when they are a file or URL the suite names, or
+        # shipped with freezebench: a wrong file, URL, hash or architecture fails here, not in trial 0. (A
+        # plugin's default download, from a hub, is left to the trials: preparing needs no network.)
+        named = bool(ref.weights) or bspec.default_weights == "shipped"
+        pretrained = named and any(strategies.get(n).pretrained for n in names)
+        try:
+            skeleton = bspec.build(2, WeightsRequest(pretrained, ref.weights, ref.sha256))
+        except UserError as exc:
+            raise UserError(f"{where}.backbones: {ref.name!r}: {exc}") from None
         units = {}
         for granularity in _values(suite.params.get("granularity", "block")):
             units[granularity] = with_granularity(skeleton, granularity).unit_names()

@@ -78,14 +78,27 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         pass
 
 
+class SeededGrid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler with its pick among the unvisited points seeded per trial number, so two
+    workers starting at once pick different points. The grid's order stays the suite's seed: a grid
+    point's id (stored on each trial) means the same point in every process."""
+
+    def __init__(self, search_space, seed: int):
+        super().__init__(search_space, seed=seed)
+        self._suite_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        self._rng.rng.seed(trial_seed(self._suite_seed, trial.number))
+        super().before_trial(study, trial)
+
+
 def make_sampler(suite: Suite, strategies: Registry | None = None, n_units: dict[str, int] | None = None) -> optuna.samplers.BaseSampler:
-    space = grid_space(suite, strategies, n_units or {}) if suite.sampler == "grid" else None
+    if suite.sampler == "grid":
+        return SeededGrid(grid_space(suite, strategies, n_units or {}), suite.seed)
 
     def make(seed: int) -> optuna.samplers.BaseSampler:
         if suite.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        if suite.sampler == "grid":
-            return optuna.samplers.GridSampler(space, seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
 
     return TrialSeeded(make, suite.seed)
