@@ -166,8 +166,10 @@ def test_stopping_the_ui_stops_everything_it_started(finished_suite, signal_name
     while _group_members(server[0]) and time.time() < deadline:
         time.sleep(0.5)
     assert _group_members(server[0]) == []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the port is free again
+    with socket.socket() as s:  # the port is free again: a server can listen on it (TIME_WAIT aside, as servers bind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 def test_a_taken_port_is_named(finished_suite):

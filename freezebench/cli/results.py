@@ -28,9 +28,17 @@ def _fmt(column: str, v) -> str:
 # column -> header; compact enough for an 80-column terminal
 LEADERBOARD_COLUMNS = {
     "rank": "#", "backbone": "backbone", "strategy": "strategy", "strategy_params": "with", "lr": "lr", "best_epoch": "ep",
-    "val": "val", "test_accuracy": "test\nacc", "test_f1": "test\nf1", "test_auc": "test\nauc",
+    "val": "val", "test_accuracy": "test acc\n[95% CI]", "test_auc": "test auc\n[95% CI]", "test_f1": "test\nf1",
     "trainable_params": "trained\nparams", "wall_time_s": "time",
 }
+
+
+def _cell(c: str, r: dict, metric: str) -> str:
+    if c in ("test_accuracy", "test_auc") and r.get(f"{c}_ci"):
+        low, high = r[f"{c}_ci"]
+        flag = "!" if c == "test_accuracy" and r.get("degenerate") else ""
+        return f"{r[c]:.3f}{flag} {low:.2f}-{high:.2f}"
+    return _fmt(c, r.get(c if c != "val" else f"val_{metric}"))
 
 
 def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = None, limit: int | None = None,
@@ -39,29 +47,35 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from rich.table import Table
 
     from ..results.leaderboard import leaderboard
+    from ..results.recommend import recommendations
 
     rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
+    for rec in recommendations(tracker, dataset, metric, suite):  # the answer first, then the evidence
+        for line in rec.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
              + (f", best per {group_by}" if group_by else ""))
     table = Table(title=plain(title), box=box.SIMPLE_HEAD, pad_edge=False)
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
         cols.pop("backbone")
-    if console.width < 90:  # keep the table whole on an 80-column terminal; --json has every field
-        cols.pop("wall_time_s")
-        cols.pop("best_epoch")
+    if console.width < 110:  # keep the table whole on an 80-column terminal; --json has every field
+        for c in ("wall_time_s", "best_epoch", "test_f1"):
+            cols.pop(c)
     for c, header in cols.items():
         width = max(len(line) for line in header.split("\n"))
-        width = max([width] + [len(_fmt(c, r.get(c if c != "val" else f"val_{metric}"))) for r in rows])
+        width = max([width] + [len(_cell(c, r, metric)) for r in rows])
         table.add_column(header, justify="left" if c in ("backbone", "strategy", "strategy_params") else "right", min_width=width)
     for r in rows:
-        cells = [_fmt(c, r.get(c if c != "val" else f"val_{metric}")) for c in cols]
+        cells = [_cell(c, r, metric) for c in cols]
         if "test_f1_std" in r and "test_f1" in cols:  # confirmed over several seeds: mean ± spread
             cells[list(cols).index("test_f1")] = f"{r['test_f1_mean']:.3f}±{r['test_f1_std']:.3f}"
         table.add_row(*map(plain, cells))
     console.print(table)
     if not rows:
         console.print(f"No finished trials for {dataset!r} yet.", markup=False)
+    elif any(r.get("degenerate") for r in rows):
+        console.print("! predicts one class for every test image (its accuracy is the majority rate)", markup=False)
 
 
 @click.command("leaderboard")
@@ -99,9 +113,12 @@ def ui_command(stores, port: int) -> list[str]:
 
 
 def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``. Bound as a server binds (SO_REUSEADDR): a port
+    whose last connections are still in TIME_WAIT is free for a new server, and is not reported."""
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -99,8 +99,7 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
         line = f"  {s.study}: {counts}"
         if s.best_value is not None:
             best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
-            test = ", ".join(f"{k} {s.best_test[k]:.3f}" for k in ("accuracy", "f1", "auc") if k in s.best_test)
-            line += f"; best val {metric} {s.best_value:.3f} ({best}); test {test}"
+            line += f"; best val {metric} {s.best_value:.3f} ({best}); its test metrics, with their intervals, below"
         console.print(line, highlight=False, markup=False)
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     for label in dict.fromkeys(s.dataset for s in summaries):
@@ -113,7 +112,9 @@ def _compute_note(params: dict) -> str:
     from ..engine.device import resolve_compute
     from ..suite.config import Choice, Range
 
-    values = [params.get(k, d) for k, d in (("device", "auto"), ("amp", "auto"), ("channels_last", True))]
+    from ..records import DEFAULTS
+
+    values = [params.get(k, DEFAULTS[k]) for k in ("device", "amp", "channels_last")]
     if any(isinstance(v, (Choice, Range)) for v in values):
         return ""
     return f"; computing on {resolve_compute(*values).describe()}"

@@ -79,6 +79,14 @@ def where(role: str | None = None, *, finished: bool = False, **tags: str | None
     return " and ".join(parts)
 
 
+DEGENERATE = tag("degenerate")  # "true" when the trial predicts one class for every test image
+
+
+def ci(metric: str, end: str) -> str:
+    """Where a test metric's 95% interval is stored: ``ci("auc", "low")`` is ``test_auc_ci_low``."""
+    return f"test_{metric}_ci_{end}"
+
+
 def best_val(metric: str) -> str:
     """The metric a trial's selection value is stored under."""
     return f"best_val_{metric}"

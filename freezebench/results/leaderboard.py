@@ -104,7 +104,10 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
                 "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
                 "best_epoch": int(m.get("best_epoch", 0)),
                 f"val_{metric}": m[layout.best_val(metric)],
-                **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "f1", "auc")},
+                **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "balanced_accuracy", "f1", "auc")},
+                **{f"test_{k}_ci": [m[layout.ci(k, "low")], m[layout.ci(k, "high")]]
+                   for k in ("accuracy", "balanced_accuracy", "f1", "auc") if layout.ci(k, "low") in m},
+                "degenerate": t.get(layout.DEGENERATE) == "true",
                 "trainable_params": int(m.get("trainable_params", 0)),
                 "wall_time_s": m.get("wall_time_s"),
                 "seeds": len(seeds),
@@ -128,6 +131,9 @@ def to_csv(rows: list[dict]) -> str:
     import io
 
     buffer = io.StringIO()
+    rows = [{**{k: v for k, v in r.items() if not isinstance(v, list)},
+             **{f"{k}_{end}": v[i] for k, v in r.items() if isinstance(v, list) for i, end in enumerate(("low", "high"))}}
+            for r in rows]
     if rows:
         columns = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -136,8 +142,18 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def with_ci(row: dict, metric: str, digits: int = 3) -> str:
+    """A row's test metric with its 95% interval: "0.830 [0.761, 0.893]"; "-" when not measured."""
+    value = row.get(f"test_{metric}")
+    if value is None:
+        return "-"
+    ci = row.get(f"test_{metric}_ci")
+    return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
 def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
-    head = f"# Leaderboard: {dataset}\n\nTrials ranked by their best validation {metric}; test metrics at that epoch.\n\n"
+    head = (f"# Leaderboard: {dataset}\n\nTrials ranked by their best validation {metric}; test metrics at that epoch, "
+            "with 95% confidence intervals (stratified bootstrap over the test images).\n\n")
     lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test f1 | test auc | trained params |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -145,11 +161,13 @@ def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
         return "-" if v is None else f"{v:.4f}"
 
     for r in rows:
-        f1 = fmt(r.get("test_f1"))
+        f1 = with_ci(r, "f1")
         if "test_f1_std" in r:
             f1 = f"{r['test_f1_mean']:.4f} ± {r['test_f1_std']:.4f} ({r['seeds']} seeds)"
+        flag = " (one class only)" if r.get("degenerate") else ""
         lines.append(f"| {r['rank']} | {r['study']} | {r['strategy']} | {r['strategy_params']} | {r['lr']:.2e} | "
-                     f"{fmt(r.get(f'val_{metric}'))} | {fmt(r.get('test_accuracy'))} | {f1} | {fmt(r.get('test_auc'))} | {r['trainable_params']:,} |")
+                     f"{fmt(r.get(f'val_{metric}'))} | {with_ci(r, 'accuracy')}{flag} | {f1} | {with_ci(r, 'auc')} | "
+                     f"{r['trainable_params']:,} |")
     return head + "\n".join(lines) + "\n"
 
 

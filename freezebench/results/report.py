@@ -14,7 +14,8 @@ from .. import plugins
 from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, colour, pyplot
 from ..errors import UserError
 from . import layout
-from .leaderboard import leaderboard
+from .leaderboard import leaderboard, with_ci
+from .recommend import recommendations
 from .tracking import Tracker, load_arrays
 
 
@@ -87,9 +88,15 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         sections.append("\n".join(parts))
     boards = []
     for dataset, metric in datasets.items():
-        rows = leaderboard(tracker, dataset, metric, suite=suite)
+        for rec in recommendations(tracker, dataset, metric, suite):
+            lines = rec.lines()
+            boards.append(f'<div class="answer"><p><b>{html.escape(lines[0])}</b></p><ul>'
+                          + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul></div>")
+        rows = [{**r, **{f"test {m} [95% CI]": with_ci(r, m) for m in ("accuracy", "balanced_accuracy", "auc")}}
+                for r in leaderboard(tracker, dataset, metric, suite=suite)]
         boards.append(f"<h2>Leaderboard: {html.escape(dataset)}</h2>" + _table(
-            rows, ["rank", "backbone", "strategy", "strategy_params", "lr", f"val_{metric}", "test_accuracy", "test_f1", "test_auc", "trainable_params"]))
+            rows, ["rank", "backbone", "strategy", "strategy_params", "lr", f"val_{metric}", "test accuracy [95% CI]",
+                   "test balanced_accuracy [95% CI]", "test auc [95% CI]", "test_f1", "trainable_params"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{layout.path_component(suite)}.html"
     path.write_text(_PAGE.format(suite=html.escape(suite), boards="\n".join(boards), studies="\n".join(sections),
@@ -138,9 +145,12 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 figure img {{ max-width: 460px; border: 1px solid #ddd; }}
 figcaption {{ font-size: 12px; color: #555; }}
 .row {{ white-space: nowrap; overflow-x: auto; }}
+.answer {{ border-left: 4px solid #2ca02c; background: #f4faf4; padding: 0.3em 1em; margin: 1em 0; }}
 </style></head><body>
 <h1>freezebench report: suite {suite}</h1>
-<p>{n} studies. Trials are ranked by their best validation metric; test metrics are measured at that epoch.</p>
+<p>{n} studies. Each leads with its recommendation: test metrics with 95% confidence intervals (stratified
+bootstrap over the test images) and paired tests against linear probing and full fine-tuning (see
+docs/reading-results.md). Trials are ranked by their best validation metric; test metrics are measured at that epoch.</p>
 {boards}
 <h2>Studies</h2>
 {studies}

@@ -114,12 +114,14 @@ class Tracker:
         metrics = [Metric(k, v, now, epoch) for k, v in _finite(record).items()]
         self.client.log_batch(run_id, metrics=metrics)
 
-    def finish_trial(self, run_id: str, result: TrialResult, outputs: list[Output] = ()) -> None:
-        """Record a complete trial: final metrics, tags, plan and config, its ``outputs``; then close it."""
+    def finish_trial(self, run_id: str, result: TrialResult, outputs: list[Output] = (), metrics: dict[str, float] | None = None,
+                     tags: dict[str, str] | None = None) -> None:
+        """Record a complete trial: final metrics (and ``metrics``), tags, plan and config, its ``outputs``;
+        then close it."""
         from mlflow.entities import Metric, RunTag
 
         tags = {layout.FROZEN_UNITS: ",".join(result.plan.frozen) or "-", layout.PREFIX_CACHE: result.prefix_cache,
-                layout.COMPUTE: result.compute}
+                layout.COMPUTE: result.compute, **(tags or {})}
         out = result.outcome
         final = {
             **{layout.best_val(k): v for k, v in out.best_val.items()},
@@ -128,6 +130,7 @@ class Tracker:
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
             "wall_time_s": result.wall_seconds,
+            **(metrics or {}),
         }
         now = int(time.time() * 1000)
         self.client.log_batch(

@@ -16,6 +16,7 @@ from ..engine.augment import augment_array
 from ..engine.device import resolve_compute
 from ..engine.units import with_granularity
 from ..errors import UserError
+from ..records import DEFAULTS
 from ..strategy import parse_window
 from ..weights import is_url
 from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
@@ -92,8 +93,8 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     for name in names:
         if name not in strategies:
             raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
-    for device in _values(suite.params.get("device", "auto")):  # before anything is loaded or written
-        for amp in _values(suite.params.get("amp", "auto")):
+    for device in _values(suite.params.get("device", DEFAULTS["device"])):  # before anything is loaded or written
+        for amp in _values(suite.params.get("amp", DEFAULTS["amp"])):
             try:
                 resolve_compute(device, amp)
             except UserError as exc:
@@ -153,7 +154,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
         except UserError as exc:
             raise UserError(f"{where}.backbones: {ref.name!r}: {exc}") from None
         units = {}
-        for granularity in _values(suite.params.get("granularity", "block")):
+        for granularity in _values(suite.params.get("granularity", DEFAULTS["granularity"])):
             units[granularity] = with_granularity(skeleton, granularity).unit_names()
             _check_unit_params(where, suite, [strategies.get(n) for n in names], ref.name, granularity, units[granularity])
         backbones.append((ref, bspec, units))

@@ -18,7 +18,7 @@ from ..engine.datacache import DataCache
 from ..engine.trial import run_trial
 from ..errors import UserError
 from ..records import StudySummary, TrialConfig, TrialResult
-from ..results import layout
+from ..results import layout, stats
 from ..results.figures import test_figures
 from ..results.leaderboard import store as store_leaderboard
 from ..results.tracking import Tracker
@@ -82,8 +82,22 @@ def trial_outputs(result: TrialResult) -> list:
     return outputs
 
 
+def uncertainty(result: TrialResult) -> tuple[dict[str, float], dict[str, str]]:
+    """The test metrics' 95% intervals (and balanced accuracy) as metrics, and the degenerate flag as a tag."""
+    out = result.outcome
+    if out.test_probs is None:
+        return {}, {}
+    metrics = {}
+    for name, interval in stats.intervals(out.test_labels, out.test_probs).items():
+        if name not in out.test:  # balanced accuracy; the others are the engine's own values
+            metrics[f"test_{name}"] = interval.value
+        metrics[layout.ci(name, "low")], metrics[layout.ci(name, "high")] = interval.low, interval.high
+    return metrics, {layout.DEGENERATE: str(stats.is_degenerate(out.test_probs)).lower()}
+
+
 def _record(tracker: Tracker, run_id: str, result: TrialResult) -> None:
-    tracker.finish_trial(run_id, result, trial_outputs(result))
+    metrics, tags = uncertainty(result)
+    tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags)
     plugins.hook().trial_finished(result=result, run_id=run_id)
 
 
