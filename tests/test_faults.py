@@ -137,3 +137,14 @@ def test_bad_weights_are_found_before_anything_is_written(run_bad, tiny_npz, wei
         text = _weights_suite(tiny_npz, files[case])
     err = run_bad(text)  # exit 2, no traceback, no results folder
     assert expected in err and "backbones" in err
+
+
+def test_two_datasets_with_one_alias_are_refused(run_bad, tiny_npz):
+    text = _valid(tiny_npz)
+    one = f'{{ name = "medmnist_npz", path = "{tiny_npz}", alias = "same" }}'
+    text = text.replace(text[text.index("datasets = ["):text.index("\n", text.index("datasets = ["))], f"datasets = [{one}, {one}]")
+    err = run_bad(text)
+    assert "suites.tiny.datasets[1]: has the same name or alias (it names the study and the MLflow experiment) as " \
+           "suites.tiny.datasets[0]: 'same'; give each an alias." in err
+    twice = _valid(tiny_npz).replace('backbones = ["mobilenetv2_100"]', 'backbones = ["mobilenetv2_100", "mobilenetv2_100"]')
+    assert "suites.tiny.backbones[1]: has the same backbone (it names the study) as suites.tiny.backbones[0]" in run_bad(twice)

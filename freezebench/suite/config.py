@@ -188,11 +188,16 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         ctx.fail(f"{key}.params.strategy", "is required: a strategy name or a list of names to search")
     if "lr" not in params:
         ctx.fail(f"{key}.params.lr", "is required: a number, a list, or {low = ..., high = ..., log = true}")
+    datasets = tuple(_dataset_ref(ctx, f"{key}.datasets", i, v) for i, v in enumerate(_list(ctx, f"{key}.datasets", raw["datasets"])))
+    backbones = tuple(_backbone_ref(ctx, f"{key}.backbones", i, v) for i, v in enumerate(_list(ctx, f"{key}.backbones", raw["backbones"])))
+    _unique(ctx, f"{key}.datasets", [d.label for d in datasets], "name or alias (it names the study and the MLflow experiment)",
+            "give each an alias")
+    _unique(ctx, f"{key}.backbones", [b.name for b in backbones], "backbone (it names the study)", "list each backbone once")
     return Suite(
         name=name,
         description=str(raw.get("description", "")),
-        datasets=tuple(_dataset_ref(ctx, f"{key}.datasets", i, v) for i, v in enumerate(_list(ctx, f"{key}.datasets", raw["datasets"]))),
-        backbones=tuple(_backbone_ref(ctx, f"{key}.backbones", i, v) for i, v in enumerate(_list(ctx, f"{key}.backbones", raw["backbones"]))),
+        datasets=datasets,
+        backbones=backbones,
         params={p: _param(ctx, f"{key}.params.{p}", p, v, strategy_params) for p, v in params.items()},
         n_trials=n_trials,
         metric=raw.get("metric", "f1"),
@@ -227,6 +232,13 @@ def _check_name(ctx: _Ctx, key: str, name: str, what: str) -> None:
     if not NAME.match(name) or ".." in name or len(name) > 100:
         ctx.fail(key, f"{what} must start with a letter or digit and hold only letters, digits, spaces and "
                       f"_ . + = @ - (no '/', '\\' or '..', at most 100 characters); got {name!r}")
+
+
+def _unique(ctx: _Ctx, key: str, labels: list[str], what: str, fix: str) -> None:
+    """Two entries with one label would share one study: the second would silently resume the first."""
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            ctx.fail(f"{key}[{i}]", f"has the same {what} as {key}[{labels.index(label)}]: {label!r}; {fix}.")
 
 
 def _optional_str(ctx: _Ctx, key: str, value):
