@@ -148,3 +148,9 @@ def test_two_datasets_with_one_alias_are_refused(run_bad, tiny_npz):
            "suites.tiny.datasets[0]: 'same'; give each an alias." in err
     twice = _valid(tiny_npz).replace('backbones = ["mobilenetv2_100"]', 'backbones = ["mobilenetv2_100", "mobilenetv2_100"]')
     assert "suites.tiny.backbones[1]: has the same backbone (it names the study) as suites.tiny.backbones[0]" in run_bad(twice)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_heartbeat_grace_is_named_before_anything_is_written(run_bad, tiny_npz, monkeypatch, value):
+    monkeypatch.setenv("FREEZEBENCH_HEARTBEAT_GRACE", value)
+    assert f"FREEZEBENCH_HEARTBEAT_GRACE={value!r}: give whole seconds, at least 2" in run_bad(_valid(tiny_npz))

@@ -16,6 +16,9 @@ def prepare(suite: str, config_path: str | None, allow_leaks: bool, n_trials: in
     from .. import plugins
     from ..suite.config import load_config
     from ..suite.preparation import prepare_suite
+    from ..suite.studies import heartbeat_settings
+
+    heartbeat_settings()  # a bad FREEZEBENCH_HEARTBEAT_GRACE is named before anything is read or written
 
     declared = {p.name: e.name for e in plugins.strategies().entries() for p in e.obj.params}
     config = load_config(config_path, declared)

@@ -23,7 +23,13 @@ MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is not
 
 def heartbeat_settings() -> tuple[int, int]:
     """(interval, grace) in seconds: a RUNNING trial without a heartbeat for `grace` is stale."""
-    grace = int(os.environ.get("FREEZEBENCH_HEARTBEAT_GRACE", "60"))
+    text = os.environ.get("FREEZEBENCH_HEARTBEAT_GRACE", "60")
+    try:
+        grace = int(text)
+    except ValueError:
+        grace = 0
+    if grace < 2:
+        raise UserError(f"FREEZEBENCH_HEARTBEAT_GRACE={text!r}: give whole seconds, at least 2 (the default is 60).")
     return max(1, min(10, grace // 3)), grace
 
 
