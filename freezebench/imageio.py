@@ -67,7 +67,7 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
         try:
             images.append(decode(path))
             kept.append(i)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             message = f"Cannot read image {path}: {type(exc).__name__}: {exc}"
             if on_error == "fail":
                 raise UserError(message + ". Fix or remove the file, or set on_error = \"skip\" for this dataset.") from None

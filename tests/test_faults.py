@@ -154,3 +154,35 @@ def test_two_datasets_with_one_alias_are_refused(run_bad, tiny_npz):
 def test_a_bad_heartbeat_grace_is_named_before_anything_is_written(run_bad, tiny_npz, monkeypatch, value):
     monkeypatch.setenv("FREEZEBENCH_HEARTBEAT_GRACE", value)
     assert f"FREEZEBENCH_HEARTBEAT_GRACE={value!r}: give whole seconds, at least 2" in run_bad(_valid(tiny_npz))
+
+
+def _bomb_png(path, side: int = 20000) -> None:
+    """A tiny PNG whose header declares ``side`` x ``side`` pixels (PIL refuses to open it: a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_named_and_skipped_under_the_policy(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from freezebench.errors import UserError
+    from freezebench.imageio import decode_files
+
+    bomb, fine = tmp_path / "bomb.png", tmp_path / "fine.png"
+    _bomb_png(bomb)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(fine)
+    with pytest.raises(UserError, match="Cannot read image .*bomb.png: DecompressionBombError"):
+        decode_files([fine, bomb], cache=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images, kept = decode_files([fine, bomb], on_error="skip", cache=False)
+    assert kept == [0] and len(images) == 1 and any("bomb.png" in str(w.message) for w in caught)
