@@ -186,3 +186,17 @@ def test_a_decompression_bomb_is_named_and_skipped_under_the_policy(tmp_path):
         warnings.simplefilter("always")
         images, kept = decode_files([fine, bomb], on_error="skip", cache=False)
     assert kept == [0] and len(images) == 1 and any("bomb.png" in str(w.message) for w in caught)
+
+
+def test_a_dataset_plugin_error_names_the_suite_key(run_bad, tiny_npz, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    text = _valid(tiny_npz).replace(f'{{ name = "medmnist_npz", path = "{tiny_npz}" }}',
+                                    f'{{ name = "image_folder", root = "{tmp_path / "imgs"}", on_error = "ignore" }}')
+    err = run_bad(text)
+    assert "suites.tiny.datasets[0] (image_folder): on_error must be one of" in err and "'ignore'" in err

@@ -116,7 +116,11 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
             espec, eopts = _plugin_options(table["name"], {k: v for k, v in table.items() if k != "name"}, f"{_key}.test_on", base, root)
             return espec.load(**eopts)
 
-        dataset = dspec.load(**options)
+        try:
+            dataset = dspec.load(**options)
+        except UserError as exc:  # the plugin's message, with the key that names this dataset
+            message = str(exc)
+            raise UserError(message if message.startswith(key) else f"{key} ({ref.name}): {message}") from None
         folds = range(protocol.folds) if protocol.split == "kfold" and protocol.fold is None else [protocol.fold]
         for fold in folds:
             p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
