@@ -200,3 +200,46 @@ def test_a_dataset_plugin_error_names_the_suite_key(run_bad, tiny_npz, tmp_path)
                                     f'{{ name = "image_folder", root = "{tmp_path / "imgs"}", on_error = "ignore" }}')
     err = run_bad(text)
     assert "suites.tiny.datasets[0] (image_folder): on_error must be one of" in err and "'ignore'" in err
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--storage", "notaurl", "--storage 'notaurl' is no Optuna storage freezebench can use"),
+    ("--storage", "sqlite:///{tmp}/missing/dir/optuna.db", "the folder {tmp}/missing/dir does not exist"),
+    ("--tracking-uri", "foo://bar", "--tracking-uri 'foo://bar' is no MLflow tracking URI freezebench can use"),
+])
+def test_impossible_stores_are_named_before_anything_is_written(cli, tmp_path, tiny_npz, option, value, expected):
+    config = tmp_path / "bench.toml"
+    config.write_text(_valid(tiny_npz), encoding="utf-8")
+    results = tmp_path / "results"
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results),
+                         option, value.format(tmp=tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert expected.format(tmp=tmp_path) in " ".join(err.split())
+    assert not results.exists() and not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("store,content,expected", [
+    ("mlflow.db", b"this is not a database at all" * 10, "mlflow.db is not an SQLite database"),
+    ("mlflow.db", b"", "mlflow.db is empty (0 bytes)"),
+    ("optuna.db", b"\x00garbage" * 50, "optuna.db is not an SQLite database"),
+    ("mlflow.db", b"SQLite format 3\x00" + b"\x00" * 84, "Cannot open the MLflow store"),  # a header, then nothing: damaged
+])
+def test_damaged_stores_are_named_and_left_as_they_are(cli, tmp_path, tiny_npz, store, content, expected):
+    config = tmp_path / "bench.toml"
+    config.write_text(_valid(tiny_npz), encoding="utf-8")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / store).write_bytes(content)
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 2 and "Traceback" not in err and expected in " ".join(err.split())
+    assert (results / store).read_bytes() == content  # never rewritten
+    assert not (results / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize("command", [("leaderboard", "--dataset", "x"), ("report", "--suite", "x"), ("ui",)])
+def test_reading_commands_name_a_damaged_store(cli, tmp_path, command):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "mlflow.db").write_bytes(b"garbage" * 20)
+    code, _, err = cli(*command, "--results-dir", str(results))
+    assert code == 2 and "mlflow.db is not an SQLite database" in " ".join(err.split())

@@ -22,6 +22,7 @@ def report_cmd(suite, out_dir, results_dir, storage, tracking_uri):
     from ..suite.stores import Stores
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     path = build_report(Tracker(stores.tracking_uri, stores.artifact_root), suite, Path(out_dir))

@@ -93,6 +93,7 @@ def leaderboard_cmd(dataset, metric, suite, limit, group_by, as_json, results_di
     from ..results.tracking import Tracker
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
@@ -181,6 +182,7 @@ def ui_cmd(port, results_dir, storage, tracking_uri):
     from ..suite.stores import Stores
 
     stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
     if not stores.local_tracking:
         raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
     if not stores.exists():

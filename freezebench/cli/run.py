@@ -87,6 +87,7 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     config, prepared = prepare(suite, config_path, allow_leaks, n_trials)
     plans = prepared.studies
     stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
     metric = config.suite(suite).metric
     about = config.suite(suite).description
     console.print(styled("Suite ", (suite, "bold"), (f" ({about})" if about else "")
@@ -161,4 +162,5 @@ def worker(suite, config_path, allow_leaks, results_dir, storage, tracking_uri):
 
     _, prepared = prepare(suite, config_path, allow_leaks)
     stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
     run_suite(prepared, stores, LineReporter())

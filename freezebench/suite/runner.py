@@ -301,8 +301,14 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
     reporter = reporter or SilentReporter()
     stores.prepare()
     with stores.lock():  # one process at a time creates or migrates the local stores' schemas
-        tracker = Tracker(stores.tracking_uri, stores.artifact_root)
-        tracker.client.search_experiments(max_results=1)
+        try:
+            tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+            tracker.client.search_experiments(max_results=1)
+        except Exception as exc:  # a damaged SQLite file, a half-finished migration, a server that refuses
+            raise UserError(f"Cannot open the MLflow store {stores.tracking_uri}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300]}. If a run was stopped while creating it (or the disk filled "
+                            "up), the file is damaged: move it away and run again; finished results are in optuna.db "
+                            "and mlartifacts/.") from None
         storage(stores.optuna_url)
     cache = DataCache()
     return [run_study(plan, stores, tracker, reporter, cache) for plan in plans]

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_RESULTS = "freezebench-results"
+_SCHEMES = {"--storage": ("sqlite", "postgresql", "mysql", "oracle", "mssql"),
+            "--tracking-uri": ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")}
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,34 @@ class Stores:
         uri = tracking_uri or os.environ.get("FREEZEBENCH_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
         artifacts = str(root / "mlartifacts") if uri.startswith("sqlite:") else None
         return cls(root, optuna_url, uri, artifacts)
+
+    def check(self) -> None:
+        """Refuse stores that cannot work, before anything is written: a URL that is none, a SQLite file
+        in a folder that does not exist, or an existing file that is not an SQLite database."""
+        from ..errors import UserError
+
+        for what, url, option in (("Optuna storage", self.optuna_url, "--storage"), ("MLflow tracking URI", self.tracking_uri, "--tracking-uri")):
+            scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+            allowed = _SCHEMES[option]
+            if scheme not in allowed:
+                raise UserError(f"{option} {url!r} is no {what} freezebench can use: give a URL starting with "
+                                f"{', '.join(s + '://' for s in allowed)}.")
+            if scheme != "sqlite":
+                continue
+            path = Path(url.split(":///", 1)[1]) if ":///" in url else None
+            if path is None or not path.parent.is_dir() and path.parent != self.results_dir:
+                raise UserError(f"{option} {url!r}: the folder {path.parent if path else url} does not exist. Create it, "
+                                "or name a file in an existing folder.")
+            if path.is_file():
+                size = path.stat().st_size
+                with open(path, "rb") as f:
+                    head = f.read(16)
+                if size == 0:
+                    raise UserError(f"{path} is empty (0 bytes): not a {what.split()[0]} store (a run stopped while creating "
+                                    "it, or a full disk). It holds no results: delete it, then run again.")
+                if head != b"SQLite format 3\x00":
+                    raise UserError(f"{path} is not an SQLite database (it is not a {what.split()[0]} store freezebench "
+                                    f"wrote, or it is damaged). Move it away, or pass --results-dir for a new folder.")
 
     @property
     def local_tracking(self) -> bool:
