@@ -117,28 +117,24 @@ def test_runs_page_in_headless_chromium(ui_server, tmp_path):
     assert f"{len(names)} matching runs" in text
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _children(pid: int) -> list[int]:
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, parent pid, process group, state) of every process, from /proc."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
             continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
+        out.append((int(stat.parent.name), int(ppid), int(pgrp), state))
     return out
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [pid for pid, _, group, state in _processes() if group == pgid and state != "Z"]
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, parent, _, _ in _processes() if parent == pid]
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
