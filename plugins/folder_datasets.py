@@ -85,15 +85,33 @@ def load_csv_manifest(path=None, classes=None, on_error="fail") -> ImageDataset:
     if path is None or not Path(path).is_file():
         raise UserError(f"csv_manifest: file {path} not found. Set its 'path'.")
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise UserError(f"{path}: needs a header with columns path and label (optional: subject, split).")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}). Save it as "
+                        "UTF-8 (in a spreadsheet: \"CSV UTF-8\").") from None
+    if not {"path", "label"} <= set(header):
+        raise UserError(f"{path}: needs a header with columns path and label (optional: subject, split); "
+                        f"its first line has {header or 'nothing'}.")
+    if not rows:
+        raise UserError(f"{path}: has a header but no rows: list one image per row (path, label).")
+    filled = sum(bool((r.get("split") or "").strip()) for r in rows)
+    if 0 < filled < len(rows):
+        raise UserError(f"{path}: split is filled on {filled} of {len(rows)} rows. Fill it on every row, or leave the "
+                        "column empty everywhere to let the protocol make the splits.")
     files = [(path.parent / r["path"]).resolve() for r in rows]
     absent = [str(r["path"]) for r, f in zip(rows, files) if not f.is_file()]
     if absent:
         raise UserError(f"{path}: {len(absent)} rows name files that do not exist, e.g. {absent[:3]}. Fix the paths (relative to the CSV).")
     names = [r["label"] for r in rows]
+    if not classes:  # inferred: a label with a handful of rows next to big classes is most likely a typo
+        counts = {n: names.count(n) for n in sorted(set(names))}
+        rare = [n for n, c in counts.items() if c < 3 and max(counts.values()) >= 10 * c]
+        if rare:
+            raise UserError(f"{path}: label(s) {rare} have only {[counts[n] for n in rare]} rows, next to {counts}: a typo? "
+                            "Fix the labels, or name the classes with classes = [...] for this dataset.")
     classes = list(classes) if classes else sorted(set(names))
     unknown = sorted(set(names) - set(classes))
     if unknown:

@@ -243,3 +243,37 @@ def test_reading_commands_name_a_damaged_store(cli, tmp_path, command):
     (results / "mlflow.db").write_bytes(b"garbage" * 20)
     code, _, err = cli(*command, "--results-dir", str(results))
     assert code == 2 and "mlflow.db is not an SQLite database" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("latin1", "not UTF-8 text (byte 0xe9"),
+    ("header_only", "has a header but no rows"),
+    ("no_header", "needs a header with columns path and label"),
+    ("partial_split", "split is filled on 2 of 24 rows"),
+    ("typo_label", "label(s) ['benign '] have only [1] rows"),
+])
+def test_csv_manifest_mistakes_are_named(tmp_path, case, expected):
+    import numpy as np
+    from PIL import Image
+
+    from freezebench import plugins
+    from freezebench.errors import UserError
+
+    rows = []
+    for i in range(24):
+        Image.fromarray(np.full((8, 8), i * 9, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append([f"{i}.png", "benign" if i % 2 else "malignant", ""])
+    if case == "partial_split":
+        rows[0][2] = rows[1][2] = "train"
+    if case == "typo_label":
+        rows[5][1] = "benign "
+    text = "path,label,split\n" + "".join(",".join(r) + "\n" for r in rows)
+    if case == "header_only":
+        text = "path,label,split\n"
+    if case == "no_header":
+        text = text.split("\n", 1)[1]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(text.encode("utf-8") if case != "latin1" else text.replace("0.png", "é0.png").encode("latin-1"))
+    with pytest.raises(UserError) as exc:
+        plugins.datasets().get("csv_manifest").load(path=str(manifest))
+    assert expected in str(exc.value) and str(manifest) in str(exc.value)
