@@ -140,7 +140,7 @@ def test_click_usage_errors_exit_2(cli):
 def test_every_trial_parameter_is_validated_by_the_config():
     import dataclasses
 
-    from freezebench.suite.config import CORE_PARAMS
+    from freezebench.records import PARAMS as CORE_PARAMS
     from freezebench.engine.trial import TrialConfig
 
     fields = {f.name for f in dataclasses.fields(TrialConfig)} - {"metric", "strategy_params"}
@@ -157,7 +157,7 @@ def test_asking_for_a_missing_gpu_is_named(run_bad, tiny_npz):
 
 
 def test_every_trial_parameter_is_documented():
-    from freezebench.suite.config import CORE_PARAMS
+    from freezebench.records import PARAMS as CORE_PARAMS
 
     from .conftest import ROOT
 

@@ -9,6 +9,8 @@ filter strings and artifact names. Every reader and writer of the store goes thr
 
 from __future__ import annotations
 
+from ..records import HIGHER_IS_BETTER
+
 PREFIX = "freezebench"
 
 
@@ -90,6 +92,11 @@ def ci(metric: str, end: str) -> str:
 def best_val(metric: str) -> str:
     """The metric a trial's selection value is stored under."""
     return f"best_val_{metric}"
+
+
+def ranked_by(metric: str) -> list[str]:
+    """MLflow ``order_by`` ranking trial runs best first on ``metric`` (ties: the earlier run first)."""
+    return [f"metrics.{best_val(metric)} {'DESC' if HIGHER_IS_BETTER[metric] else 'ASC'}", "attributes.start_time ASC"]
 
 
 def objective_metric(tags: dict[str, str], default: str = "f1") -> str:

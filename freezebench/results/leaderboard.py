@@ -74,11 +74,10 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
             f"Datasets with results: {', '.join(names) or 'none (run a suite first)'}."
         )
     query = layout.where(layout.TRIAL, finished=True, suite=suite)
-    order = "DESC" if HIGHER_IS_BETTER[metric] else "ASC"
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [exp.experiment_id], query, order_by=[f"metrics.{layout.best_val(metric)} {order}", "attributes.start_time ASC"],
+            [exp.experiment_id], query, order_by=layout.ranked_by(metric),
             max_results=1000, page_token=token,  # ties: the earlier trial first
         )
         runs.extend(page)

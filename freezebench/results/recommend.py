@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..records import HIGHER_IS_BETTER
 from . import layout, stats
 from .tracking import Tracker, load_arrays
 
@@ -72,12 +71,19 @@ def _trial(run) -> dict:
             "frozen": [] if frozen == "-" else frozen.split(","), "metrics": m}
 
 
+def _logged_intervals(metrics: dict[str, float]) -> dict[str, stats.Interval]:
+    """The intervals the trial recorded (runs from before intervals were recorded have none)."""
+    names = [m for m in stats.INTERVAL_METRICS if layout.ci(m, "low") in metrics and f"test_{m}" in metrics]
+    if len(names) < len(stats.INTERVAL_METRICS):
+        return {}
+    return {m: stats.Interval(metrics[f"test_{m}"], metrics[layout.ci(m, "low")], metrics[layout.ci(m, "high")]) for m in names}
+
+
 def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str) -> Recommendation | None:
     """The study's recommendation, from what MLflow recorded; None when no trial finished."""
     client = tracker.client
     runs = client.search_runs([experiment_id], layout.where(layout.TRIAL, finished=True, study=study), max_results=5000,
-                              order_by=[f"metrics.{layout.best_val(metric)} {'DESC' if HIGHER_IS_BETTER[metric] else 'ASC'}",
-                                        "attributes.start_time ASC"])
+                              order_by=layout.ranked_by(metric))
     trials = [_trial(r) for r in runs if layout.best_val(metric) in r.data.metrics]
     if not trials:
         return None
@@ -90,7 +96,7 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str) -> 
     if predictions is None:
         return rec
     labels, probs = predictions["labels"], predictions["probs"]
-    rec.n_test, rec.intervals = len(labels), stats.intervals(labels, probs)
+    rec.n_test, rec.intervals = len(labels), _logged_intervals(best["metrics"]) or stats.intervals(labels, probs)
     comparisons = {}
     for ref in REFERENCES:
         candidate = next((t for t in trials if t["strategy"] == ref), None)

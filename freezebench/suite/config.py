@@ -91,8 +91,6 @@ class Config:
         return self.suites[name]
 
 
-# Trial parameters the core understands: the table in freezebench.records.
-CORE_PARAMS = PARAMS
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
               "params", "data_root", "confirm"}
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import plugins as registry
+from .. import plugins
 from ..backbone import BackboneSpec, WeightsRequest
 from ..dataset import ImageDataset
 from ..engine.augment import augment_array
@@ -69,9 +69,9 @@ def data_root(suite: Suite, base: Path) -> Path | None:
 
 
 def _plugin_options(ref_name: str, options: dict[str, Any], where: str, base: Path, root: Path | None) -> tuple[Any, dict]:
-    if ref_name not in registry.datasets():
-        raise UserError(f"{where}: {registry.datasets().unknown_message(ref_name)}")
-    dspec = registry.datasets().get(ref_name)
+    if ref_name not in plugins.datasets():
+        raise UserError(f"{where}: {plugins.datasets().unknown_message(ref_name)}")
+    dspec = plugins.datasets().get(ref_name)
     plugin = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
     bad = [k for k in plugin if k not in dspec.options]
     if bad:
@@ -87,7 +87,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     suite = config.suite(suite_name)
     base = config.path.resolve().parent
     where = f"{config.path}: suites.{suite_name}"
-    strategies = registry.strategies()
+    strategies = plugins.strategies()
     spec = suite.params["strategy"]
     names = spec.values if isinstance(spec, Choice) else (spec,)
     for name in names:
@@ -141,13 +141,13 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
 
     backbones = []
     for ref in suite.backbones:
-        if ref.name not in registry.backbones():
-            raise UserError(f"{where}.backbones: {registry.backbones().unknown_message(ref.name)}")
+        if ref.name not in plugins.backbones():
+            raise UserError(f"{where}.backbones: {plugins.backbones().unknown_message(ref.name)}")
         if ref.weights and not is_url(ref.weights):
             ref = BackboneRef(ref.name, _resolve_path(ref.weights, base), ref.sha256)
             if not Path(ref.weights).is_file():
                 raise UserError(f"{where}.backbones: weights file for {ref.name!r} not found: {ref.weights}")
-        bspec = registry.backbones().get(ref.name)
+        bspec = plugins.backbones().get(ref.name)
         # build it once with the weights the trials will load when they are a file or URL the suite names, or
         # shipped with freezebench: a wrong file, URL, hash or architecture fails here, not in trial 0. (A
         # plugin's default download, from a hub, is left to the trials: preparing needs no network.)

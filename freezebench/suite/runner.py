@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import math
+import time
 import traceback
 from typing import Protocol
 
@@ -216,8 +217,6 @@ def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name
     worker, or a process killed a moment ago), wait for them: a killed trial goes stale after the
     heartbeat grace and is queued again, and this process runs it. Give up waiting when nothing has
     changed for the grace and two heartbeats, and say so."""
-    import time
-
     interval, grace = heartbeat_settings()
     patience, waited_since, seen = grace + 2 * interval, None, None
     while True:

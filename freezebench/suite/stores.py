@@ -42,7 +42,7 @@ class Stores:
             if scheme != "sqlite":
                 continue
             path = Path(url.split(":///", 1)[1]) if ":///" in url else None
-            if path is None or not path.parent.is_dir() and path.parent != self.results_dir:
+            if path is None or (not path.parent.is_dir() and path.parent != self.results_dir):  # results_dir: made by prepare()
                 raise UserError(f"{option} {url!r}: the folder {path.parent if path else url} does not exist. Create it, "
                                 "or name a file in an existing folder.")
             if path.is_file():
