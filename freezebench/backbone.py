@@ -42,6 +42,7 @@ class Backbone:
     std: tuple[float, float, float]
     weights_source: str  # "random", "shipped:<file>", "file:<path>", "timm:<tag>"
     weights_sha256: str | None = None
+    weights_note: str = ""  # what loading the weights left out or changed, said to the user and recorded
 
     def __post_init__(self):
         names = dict(self.model.named_parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -59,9 +60,12 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
     key = _content_key(paths, f"decode-v1:{on_error}") if cache else None
     cached = cache_dir() / "decoded" / f"{key}.npz" if key else None
     if cached is not None and cached.is_file():
-        with np.load(cached, allow_pickle=False) as npz:
-            kept = npz["kept"].tolist()
-            return [npz[f"i{n}"] for n in range(len(kept))], kept
+        try:
+            with np.load(cached, allow_pickle=False) as npz:
+                kept = npz["kept"].tolist()
+                return [npz[f"i{n}"] for n in range(len(kept))], kept
+        except Exception:  # a damaged cache entry (a full disk, a kill mid-write elsewhere): decode again
+            pass
     images, kept = [], []
     for i, path in enumerate(paths):
         try:
@@ -73,11 +77,29 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
                 raise UserError(message + ". Fix or remove the file, or set on_error = \"skip\" for this dataset.") from None
             warnings.warn(message + " (skipped: on_error = \"skip\")", stacklevel=2)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, kept=np.array(kept, dtype=np.int64), **{f"i{n}": a for n, a in enumerate(images)})
-        tmp.replace(cached)  # atomic: a reader never sees half a file
+        _store(cached, images, kept)
     return images, kept
+
+
+def _store(cached: Path, images: list[np.ndarray], kept: list[int]) -> None:
+    """Write a cache entry atomically (a reader never sees half a file). The cache is optional: when it
+    cannot be written (read-only, full, not ours) the images are used as decoded, with one warning."""
+    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.npz")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, kept=np.array(kept, dtype=np.int64), **{f"i{n}": a for n, a in enumerate(images)})
+        tmp.replace(cached)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if cached.parent.parent not in _WARNED:
+            _WARNED.add(cached.parent.parent)
+            warnings.warn(f"Decoded images are not cached: cannot write to {cached.parent} ({exc.strerror or exc}). "
+                          "Runs decode the images each time; set FREEZEBENCH_CACHE to a writable folder to cache them.",
+                          stacklevel=3)
+
+
+_WARNED: set[Path] = set()
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -86,18 +86,44 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     return state
 
 
+class MatchedState(dict):
+    """A state dict keyed like the model's, with the source tensors left out on the way (``dropped``:
+    the source's own classifier, named with its shape)."""
+
+    dropped: tuple[str, ...] = ()
+    sha256: str | None = None
+
+    def note(self) -> str:
+        return f"dropped the source's classifier: {', '.join(self.dropped)}" if self.dropped else ""
+
+
+def _shape(t) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def _classifier_tail(tail: list) -> bool:
+    """``tail`` (the source's last tensors) is a classifier: a (C, F) weight (or a 1x1 convolution's
+    (C, F, 1, 1)), optionally followed by its (C,) bias."""
+    weight = tail[0][1]
+    if weight.ndim not in (2, 4) or (weight.ndim == 4 and tuple(weight.shape[2:]) != (1, 1)):
+        return False
+    return len(tail) == 1 or (len(tail) == 2 and tail[1][1].ndim == 1 and tail[1][1].shape[0] == weight.shape[0])
+
+
 def match_state_dict(
     state: dict[str, torch.Tensor],
     model: nn.Module,
     source: str,
     ignore_prefix: str | None = None,
     ordered: bool = True,
-) -> dict[str, torch.Tensor]:
+) -> MatchedState:
     """Return ``state`` keyed like ``model.state_dict()``: by name, else by order when shapes agree.
 
     Keys under ``ignore_prefix`` (the classifier, about to be replaced) are left out on both sides.
     Mapping by order needs a source that keeps the module order (torch state dicts do;
-    safetensors files come back sorted by name, so they must match by name).
+    safetensors files come back sorted by name, so they must match by name). When the model's
+    classifier is to be replaced and the source still holds its own under another name (last in
+    order: a weight, and a bias), it is dropped, and named in the result's ``dropped``.
     """
 
     def keep(key: str) -> bool:
@@ -109,10 +135,17 @@ def match_state_dict(
         bad = [k for k in target if state[k].shape != target[k].shape]
         if bad:
             raise UserError(f"{source}: shape mismatch for {bad[:3]}; the weights are for another model.")
-        return state
+        return MatchedState(state)
     src, dst = list(state.items()), list(target.items())
+    extra = len(src) - len(dst)
+    if ordered and ignore_prefix and extra in (1, 2) and _classifier_tail(src[len(dst):]):
+        kept = src[: len(dst)]
+        if all(a.shape == b.shape for (_, a), (_, b) in zip(kept, dst)):
+            matched = MatchedState({name: tensor for (name, _), (_, tensor) in zip(dst, kept)})
+            matched.dropped = tuple(f"{k} {_shape(v)}" for k, v in src[len(dst):])
+            return matched
     if ordered and len(src) == len(dst) and all(a.shape == b.shape for (_, a), (_, b) in zip(src, dst)):
-        return {name: tensor for (name, _), (_, tensor) in zip(dst, src)}
+        return MatchedState({name: tensor for (name, _), (_, tensor) in zip(dst, src)})
     missing = sorted(set(target) - set(state))[:3]
     raise UserError(
         f"{source}: its {len(state)} tensors do not match the model's {len(target)} "
@@ -120,10 +153,10 @@ def match_state_dict(
     )
 
 
-def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ignore_prefix: str | None = None) -> str:
+def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ignore_prefix: str | None = None) -> MatchedState:
     """Load a weights file (or URL) into ``model``; every tensor outside ``ignore_prefix`` must be filled.
 
-    Returns the file's sha256.
+    Returns what was loaded, with ``sha256`` (the file's) and ``note()`` (what was left out, if anything).
     """
     if isinstance(path, str) and is_url(path):
         path = fetch(path, sha256)
@@ -132,4 +165,5 @@ def load_into(model: nn.Module, path: str | Path, sha256: str | None = None, ign
     result = model.load_state_dict(state, strict=ignore_prefix is None)
     assert not result.unexpected_keys
     assert all(k.startswith(f"{ignore_prefix}.") for k in result.missing_keys)
-    return sha256.lower() if sha256 else sha256_file(path)
+    state.sha256 = sha256.lower() if sha256 else sha256_file(path)
+    return state

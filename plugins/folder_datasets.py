@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def register_datasets(register):
     register(DatasetSpec("brain_tumor_mri", load_brain_tumor_mri, "brain MRI, tumour yes/no, 253 images (paper 003's data)",
                          options=("root", "on_error"), available=_root_available, data_subdir="brain-tumor-mri"))
     register(DatasetSpec("csv_manifest", load_csv_manifest, "a CSV of path, label and optional subject and split columns",
-                         options=("path", "classes", "on_error")))
+                         options=("path", "classes", "on_error", "root")))
 
 
 def _root_available(root=None, **_):
@@ -81,10 +82,15 @@ def load_brain_tumor_mri(root=None, on_error="fail") -> ImageDataset:
     return load_image_folder(root, classes=("no", "yes"), on_error=on_error, name="brain_tumor_mri")
 
 
-def load_csv_manifest(path=None, classes=None, on_error="fail") -> ImageDataset:
+def load_csv_manifest(path=None, classes=None, on_error="fail", root=None) -> ImageDataset:
+    """Rows name images relative to ``root`` (default: the CSV's folder), or by absolute paths inside it.
+    A path that leads out of ``root`` is refused: a manifest never reads files it was not given."""
     if path is None or not Path(path).is_file():
         raise UserError(f"csv_manifest: file {path} not found. Set its 'path'.")
     path = Path(path)
+    base = Path(os.path.abspath(root if root is not None else path.parent))
+    if root is not None and not base.is_dir():
+        raise UserError(f"csv_manifest: root folder {base} does not exist. Set 'root' to the folder holding the images.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -101,7 +107,12 @@ def load_csv_manifest(path=None, classes=None, on_error="fail") -> ImageDataset:
     if 0 < filled < len(rows):
         raise UserError(f"{path}: split is filled on {filled} of {len(rows)} rows. Fill it on every row, or leave the "
                         "column empty everywhere to let the protocol make the splits.")
-    files = [(path.parent / r["path"]).resolve() for r in rows]
+    files = [Path(os.path.normpath(base / (r["path"] or "").strip())) for r in rows]
+    outside = [r["path"] for r, f in zip(rows, files) if not f.is_relative_to(base) or f == base]
+    if outside:
+        raise UserError(f"{path}: {len(outside)} rows name paths outside {base}, e.g. {outside[:3]}. Paths are read "
+                        f"relative to {'root' if root is not None else 'the CSV'}; move the images under it, or set this "
+                        "dataset's root to a folder that holds them all.")
     absent = [str(r["path"]) for r, f in zip(rows, files) if not f.is_file()]
     if absent:
         raise UserError(f"{path}: {len(absent)} rows name files that do not exist, e.g. {absent[:3]}. Fix the paths (relative to the CSV).")

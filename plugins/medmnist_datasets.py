@@ -111,10 +111,15 @@ def load_npz(path, classes=None, name: str | None = None) -> ImageDataset:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"MedMNIST file not found: {path}. Check the dataset's 'path'.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # a .npz is a zip archive; anything else (text, a lone .npy, HTML) is not one
+        raise UserError(f"{path} is not a .npz file (a .npz is a zip archive of arrays; this file starts with {magic!r}). "
+                        "Save the arrays with numpy.savez, or check the dataset's 'path'.")
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise UserError(f"Cannot read {path} as a .npz file: {exc}") from exc
+        raise UserError(f"Cannot read {path} as a .npz file: {type(exc).__name__}: {exc}") from None
     with npz:
         wanted = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")]
         missing = [k for k in wanted if k not in npz.files]
@@ -122,12 +127,19 @@ def load_npz(path, classes=None, name: str | None = None) -> ImageDataset:
             raise UserError(f"{path} is not a MedMNIST file: missing arrays {missing}.")
         images, labels, split = [], [], []
         for s in SPLITS:
-            imgs = npz[f"{s}_images"]
-            labs = npz[f"{s}_labels"].reshape(len(imgs), -1)
+            imgs, labs = _array(npz, path, f"{s}_images"), _array(npz, path, f"{s}_labels")
+            if imgs.dtype != np.uint8 or imgs.ndim not in (3, 4) or (imgs.ndim == 4 and imgs.shape[3] not in (1, 3)):
+                hint = " (flattened? reshape each image to (H, W) before saving)" if imgs.ndim == 2 else ""
+                raise UserError(f"{path}: {s}_images must be uint8 (N,H,W) or (N,H,W,3), got {imgs.dtype} {imgs.shape}{hint}.")
+            if labs.shape[:1] != imgs.shape[:1]:
+                raise UserError(f"{path}: {s}_labels holds {labs.shape[0] if labs.ndim else 0} labels for {len(imgs)} "
+                                f"{s}_images: one label per image is needed.")
+            labs = labs.reshape(len(imgs), -1)
             if labs.shape[1] != 1:
                 raise UserError(f"{path}: multi-label MedMNIST files are not supported ({s}_labels {labs.shape}).")
-            if imgs.dtype != np.uint8 or imgs.ndim not in (3, 4):
-                raise UserError(f"{path}: {s}_images must be uint8 (N,H,W) or (N,H,W,3), got {imgs.dtype} {imgs.shape}.")
+            if not np.issubdtype(labs.dtype, np.integer) or (labs.size and labs.min() < 0):
+                raise UserError(f"{path}: {s}_labels must be class indices 0, 1, ... (integers), got {labs.dtype} "
+                                f"with values from {labs.min() if labs.size else '-'}.")
             images.append(imgs)
             labels.append(labs[:, 0].astype(np.int64))
             split += [s] * len(imgs)
@@ -147,3 +159,16 @@ def load_npz(path, classes=None, name: str | None = None) -> ImageDataset:
         groups=np.array([f"{path.stem}-{i}" for i in range(len(labels))]),
         source=str(path),
     )
+
+
+def _array(npz, path: Path, key: str) -> np.ndarray:
+    """One array of the file; object arrays (pickled Python objects) are refused, never unpickled."""
+    try:
+        return npz[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise UserError(f"{path}: {key} is an array of Python objects (pickled), which freezebench never loads: "
+                            "it could run code. Save numeric arrays (uint8 images, integer labels).") from None
+        raise UserError(f"{path}: cannot read {key}: {exc}") from None
+    except Exception as exc:  # a truncated or damaged member of the zip
+        raise UserError(f"{path}: cannot read {key} ({type(exc).__name__}: {exc}); the file is damaged.") from None

@@ -100,18 +100,19 @@ def _head(model) -> tuple[str, set[str]]:
 
 def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
     timm = import_timm()
-    sha = None
+    sha, note = None, ""
     if not weights.pretrained:
         model, source = timm.create_model(name, pretrained=False), "random"
     elif weights.file:
         model = timm.create_model(name, pretrained=False)
         head_name, _ = _head(model)
-        sha = load_into(model, weights.file, weights.sha256, ignore_prefix=head_name)
+        loaded = load_into(model, weights.file, weights.sha256, ignore_prefix=head_name)
+        sha, note = loaded.sha256, loaded.note()
         source = f"url:{weights.file}" if is_url(weights.file) else f"file:{weights.file}"
     elif name in SHIPPED:
         path, expected = SHIPPED[name]
         model = timm.create_model(name, pretrained=False)
-        sha = load_into(model, path, expected)
+        sha = load_into(model, path, expected).sha256
         source = f"shipped:{path.name}"
     else:
         try:
@@ -137,4 +138,5 @@ def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         weights_source=source,
         weights_sha256=sha,
+        weights_note=note,
     )

@@ -88,11 +88,12 @@ def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
 
     model = _create(name, pretrained_layout=weights.pretrained)
     head_path = MODELS[name][1]
-    sha = None
+    sha, note = None, ""
     if not weights.pretrained:
         source = "random"
     elif weights.file:
-        sha = load_into(model, weights.file, weights.sha256, ignore_prefix=head_path)
+        loaded = load_into(model, weights.file, weights.sha256, ignore_prefix=head_path)
+        sha, note = loaded.sha256, loaded.note()
         source = ("url:" if is_url(weights.file) else "file:") + weights.file
     elif name == "mobilenet_v2":  # the shipped file, through timm's model: same tensors, same order
         donor = timm_build("mobilenetv2_100", 1000, WeightsRequest())
@@ -115,6 +116,7 @@ def build(name: str, num_classes: int, weights: WeightsRequest) -> Backbone:
         std=STD,
         weights_source=source,
         weights_sha256=sha,
+        weights_note=note,
     )
 
 

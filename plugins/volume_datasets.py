@@ -44,8 +44,6 @@ def _slices(path: Path, n: int, axis: int) -> list[np.ndarray]:
         data = data[..., 0]
     if data.ndim != 3:
         raise UserError(f"Volume {path} has shape {data.shape}: a 3D volume is needed (for 4D data, save one volume per file).")
-    if not 0 <= axis <= 2:
-        raise UserError(f"axis must be 0, 1 or 2, not {axis}")
     depth = data.shape[axis]
     if depth < n:
         raise UserError(f"Volume {path} has {depth} slices along axis {axis}, fewer than slices = {n}.")
@@ -55,7 +53,19 @@ def _slices(path: Path, n: int, axis: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(np.take(scaled, i, axis=axis).astype(np.uint8)) for i in range(start, start + n)]
 
 
+def _whole(value, key: str, allowed: str, ok) -> int:
+    """An integer option (TOML gives ints; a string or a float is a mistake to name, not to coerce)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise UserError(f"Dataset 'volumes': {key} must be {allowed}, not {value!r}.")
+    return value
+
+
 def load_volumes(root=None, labels="labels.csv", slices=30, axis=2, classes=None) -> ImageDataset:
+    slices = _whole(slices, "slices", "a whole number of slices per volume, 1 or more", lambda v: v >= 1)
+    axis = _whole(axis, "axis", "0, 1 or 2 (the volume axis to slice along)", lambda v: 0 <= v <= 2)
+    if classes is not None and (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)
+                                or len(set(classes)) != len(classes) or len(classes) < 2):
+        raise UserError(f"Dataset 'volumes': classes must be a list of two or more distinct label names, not {classes!r}.")
     root = _require_dir(root, "Dataset 'volumes'")
     csv_path = root / labels
     if not csv_path.is_file():
@@ -78,11 +88,16 @@ def load_volumes(root=None, labels="labels.csv", slices=30, axis=2, classes=None
     if no_row:
         raise UserError(f"{root}: volumes without a row in {csv_path}: {no_row[:5]}. Add rows or remove the files.")
     names = [by_key[k]["label"] for k in volumes]
+    if classes:
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise UserError(f"{csv_path}: labels {unknown} are not among classes {list(classes)}. Fix the labels, or "
+                            "list every label in the dataset's classes.")
     classes = list(classes) if classes else sorted(set(names))
     images, labels, groups = [], [], []
     for key, path in volumes.items():
         row = by_key[key]
-        for s in _slices(path, int(slices), int(axis)):
+        for s in _slices(path, slices, axis):
             images.append(s)
             labels.append(classes.index(row["label"]))
             groups.append(row.get("subject") or key)

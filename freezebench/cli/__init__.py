@@ -7,7 +7,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, fault_of
 from .console import err_console, styled
 
 
@@ -45,4 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         err_console.print(styled(("Error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        fault = fault_of(exc)
+        if fault is None:
+            raise  # a bug: its traceback is what a report needs
+        err_console.print(styled(("Error:", "bold red"), f" {fault} ({type(exc).__name__}). Finished trials are kept; "
+                                 "fix the cause (free space, a writable folder), then run the same command again to resume."),
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

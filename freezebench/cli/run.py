@@ -28,6 +28,8 @@ def prepare(suite: str, config_path: str | None, allow_leaks: bool, n_trials: in
         prepared = prepare_suite(config, suite, allow_leaks=allow_leaks)
     for name, why in prepared.skipped:
         console.print(styled((f"Skipping dataset {name}", "yellow"), f": {why}"), highlight=False, soft_wrap=True)
+    for name, note in prepared.notes:
+        console.print(styled((f"Backbone {name}", "yellow"), f": {note}"), highlight=False, soft_wrap=True)
     for name, report, allowed in prepared.audits:
         note = "allowed, and flagged on every run" if allowed else "the dataset's own splits: recorded on every run"
         console.print(styled((f"Leak audit {name}", "yellow"), f": {report.summary()} ({note})"), highlight=False, soft_wrap=True)
@@ -87,7 +89,7 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     config, prepared = prepare(suite, config_path, allow_leaks, n_trials)
     plans = prepared.studies
     stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
+    stores.check(writing=True)
     metric = config.suite(suite).metric
     about = config.suite(suite).description
     console.print(styled("Suite ", (suite, "bold"), (f" ({about})" if about else "")
@@ -162,5 +164,5 @@ def worker(suite, config_path, allow_leaks, results_dir, storage, tracking_uri):
 
     _, prepared = prepare(suite, config_path, allow_leaks)
     stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
+    stores.check(writing=True)
     run_suite(prepared, stores, LineReporter())

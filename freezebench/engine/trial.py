@@ -172,7 +172,7 @@ def fit(
         config=cfg,
         plan=plan,
         units=backbone.unit_names(),
-        weights_source=backbone.weights_source,
+        weights_source=backbone.weights_source + (f" ({backbone.weights_note})" if backbone.weights_note else ""),
         weights_sha256=backbone.weights_sha256,
         trainable_params=trainable_parameter_count(backbone.model),
         total_params=sum(p.numel() for p in backbone.model.parameters()),

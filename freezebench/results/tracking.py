@@ -136,7 +136,7 @@ class Tracker:
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, v, now, 0) for k, v in _finite(final).items()],
-            tags=[RunTag(k, v) for k, v in {**tags, layout.STATE: "complete"}.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
         )
         self._log_params(run_id, {"weights_source": result.weights_source, "weights_sha256": result.weights_sha256 or "-",
                                   "frozen_unit_names": ", ".join(result.plan.frozen) or "-"})
@@ -145,6 +145,7 @@ class Tracker:
         if result.events:
             self.client.log_dict(run_id, result.events, layout.UNFREEZE_EVENTS)
         self.log_outputs(run_id, outputs)
+        self.client.set_tag(run_id, layout.STATE, "complete")  # last: a run says complete only once all of it is written
         self.client.set_terminated(run_id, "FINISHED")
 
     def log_outputs(self, run_id: str, outputs, folder: str | None = None) -> None:

@@ -49,6 +49,7 @@ class PreparedSuite:
     studies: list[StudyPlan]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
     audits: list[tuple[str, LeakReport, bool]] = field(default_factory=list)  # (dataset, report, allowed)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (backbone, what loading its weights said)
 
 
 def _resolve_path(value: str, base: Path) -> str:
@@ -157,6 +158,8 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
             skeleton = bspec.build(2, WeightsRequest(pretrained, ref.weights, ref.sha256))
         except UserError as exc:
             raise UserError(f"{where}.backbones: {ref.name!r}: {exc}") from None
+        if skeleton.weights_note:
+            prepared.notes.append((ref.name, f"weights {ref.weights or skeleton.weights_source}: {skeleton.weights_note}"))
         units = {}
         for granularity in _values(suite.params.get("granularity", DEFAULTS["granularity"])):
             units[granularity] = with_granularity(skeleton, granularity).unit_names()

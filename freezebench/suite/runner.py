@@ -3,6 +3,7 @@ trial tracked as a nested MLflow run under the study's parent run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import math
@@ -17,7 +18,7 @@ from ..analysis import trial_analyses
 from ..backbone import WeightsRequest
 from ..engine.datacache import DataCache
 from ..engine.trial import run_trial
-from ..errors import UserError
+from ..errors import StoreFault, UserError, fault_of
 from ..records import StudySummary, TrialConfig, TrialResult
 from ..results import layout, stats
 from ..results.figures import test_figures
@@ -97,8 +98,20 @@ def uncertainty(result: TrialResult) -> tuple[dict[str, float], dict[str, str]]:
 
 
 def _record(tracker: Tracker, run_id: str, result: TrialResult) -> None:
+    """Record a trained trial. When the store refuses (a full disk, a folder turned read-only), the run
+    is closed as failed where it still can be, and the fault is raised: the same command retries it."""
     metrics, tags = uncertainty(result)
-    tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags)
+    try:
+        tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags)
+    except Exception as exc:
+        fault = fault_of(exc)
+        with contextlib.suppress(Exception):  # the store may refuse this too; then the retry closes it
+            tracker.end_trial(run_id, "failed", f"recording its results failed: {fault or type(exc).__name__}: {exc}")
+        if fault is None:
+            raise
+        raise StoreFault(f"Recording trial {result.config.strategy} lr={result.config.lr:.2g} failed: {fault}. "
+                         "Its run is marked failed; finished trials are kept. Fix the cause, then run the same "
+                         "command again: the study resumes and retries it.") from exc
     plugins.hook().trial_finished(result=result, run_id=run_id)
 
 
@@ -183,7 +196,12 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             trial.set_user_attr("fail_reason", reason)
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
-        _record(tracker, run_id, result)
+        try:
+            _record(tracker, run_id, result)
+        except StoreFault:
+            with contextlib.suppress(Exception):  # its settings run first next time, as after Ctrl-C
+                retry_interrupted(trial.study, trial)
+            raise
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)
@@ -301,13 +319,18 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
     stores.prepare()
     with stores.lock():  # one process at a time creates or migrates the local stores' schemas
         try:
+            stores.create_whole(stores.tracking_uri,
+                                lambda uri: Tracker(uri, stores.artifact_root).client.search_experiments(max_results=1))
             tracker = Tracker(stores.tracking_uri, stores.artifact_root)
             tracker.client.search_experiments(max_results=1)
         except Exception as exc:  # a damaged SQLite file, a half-finished migration, a server that refuses
+            if fault_of(exc):
+                raise StoreFault(f"Cannot write the MLflow store {stores.tracking_uri}: {fault_of(exc)}. Nothing was "
+                                 "left half-made; fix the cause, then run again.") from None
             raise UserError(f"Cannot open the MLflow store {stores.tracking_uri}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:300]}. If a run was stopped while creating it (or the disk filled "
                             "up), the file is damaged: move it away and run again; finished results are in optuna.db "
                             "and mlartifacts/.") from None
-        storage(stores.optuna_url)
+        stores.create_whole(stores.optuna_url, storage)
     cache = DataCache()
     return [run_study(plan, stores, tracker, reporter, cache) for plan in plans]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,10 @@ class Stores:
         artifacts = str(root / "mlartifacts") if uri.startswith("sqlite:") else None
         return cls(root, optuna_url, uri, artifacts)
 
-    def check(self) -> None:
+    def check(self, writing: bool = False) -> None:
         """Refuse stores that cannot work, before anything is written: a URL that is none, a SQLite file
-        in a folder that does not exist, or an existing file that is not an SQLite database."""
+        in a folder that does not exist, an existing file that is not an SQLite database, a server that does
+        not answer; and, when ``writing``, local stores in a folder or in files that cannot be written."""
         from ..errors import UserError
 
         for what, url, option in (("Optuna storage", self.optuna_url, "--storage"), ("MLflow tracking URI", self.tracking_uri, "--tracking-uri")):
@@ -55,6 +57,52 @@ class Stores:
                 if head != b"SQLite format 3\x00":
                     raise UserError(f"{path} is not an SQLite database (it is not a {what.split()[0]} store freezebench "
                                     f"wrote, or it is damaged). Move it away, or pass --results-dir for a new folder.")
+
+        if writing:
+            self._check_writable()
+        self._check_server()
+
+    def _check_writable(self) -> None:
+        """Local stores need a folder they can write in (the results dir, or the nearest folder that exists
+        above it, where it will be made) and store files they can write to."""
+        from ..errors import UserError
+
+        if not (self.optuna_url.startswith("sqlite:") or self.local_tracking):
+            return
+        folder = self.results_dir
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UserError(f"The results dir {self.results_dir} cannot be made: {folder} is a file, not a folder. "
+                            "Pass --results-dir with another path.")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            what = "The results dir" if folder == self.results_dir else f"The results dir {self.results_dir} cannot be made: its folder"
+            raise UserError(f"{what} {folder} is not writable (read-only, or owned by another user). Pass --results-dir "
+                            "with a folder you can write to, or set FREEZEBENCH_RESULTS.")
+        for url in (self.optuna_url, self.tracking_uri):
+            path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+            if path is not None and path.is_file() and not os.access(path, os.W_OK):
+                raise UserError(f"{path} is read-only: freezebench adds every trial to it. Make it writable "
+                                "(chmod u+w), or pass --results-dir for a new folder.")
+
+    def _check_server(self, timeout: float = 5.0) -> None:
+        """An MLflow server that does not answer is named at once (MLflow itself retries for minutes)."""
+        import urllib.error
+        import urllib.request
+
+        from ..errors import UserError
+
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        try:
+            urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return  # it answers (a proxy or an older server without /health): MLflow reports what it says
+        except (urllib.error.URLError, OSError) as exc:
+            why = getattr(exc, "reason", exc)
+            raise UserError(f"Cannot reach the MLflow tracking server at {self.tracking_uri} ({why}). Start it "
+                            "(mlflow server, or freezebench ui for local results), or check --tracking-uri / "
+                            "FREEZEBENCH_TRACKING_URI.") from None
 
     @property
     def local_tracking(self) -> bool:
@@ -82,6 +130,23 @@ class Stores:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def create_whole(self, url: str, create) -> None:
+        """Open the store at ``url`` with ``create(url)``; a local SQLite store that does not exist yet is
+        made in a side file and renamed into place once its schema is complete, so a kill or a full disk
+        during creation never leaves a half-made store that breaks later runs."""
+        path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+        if path is None or path.exists():
+            create(url)
+            return
+        for left in path.parent.glob(f".{path.name}.*.creating"):  # left by a creation that was killed: holds nothing
+            left.unlink(missing_ok=True)
+        side = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")  # new name: no cached engine reuses it
+        try:
+            create(f"sqlite:///{side}")
+            os.replace(side, path)
+        finally:
+            side.unlink(missing_ok=True)
 
     def exists(self) -> bool:
         return not self.local_tracking or Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()

@@ -12,7 +12,7 @@ from typing import Callable
 
 import optuna
 
-from ..errors import UserError
+from ..errors import StoreFault, UserError, fault_of
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough for us
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -44,6 +44,9 @@ def storage(url: str) -> optuna.storages.BaseStorage:
             hint = ' (pip install "freezebench[postgres]")' if url.startswith("postgres") else ""
             raise UserError(f"No database driver for the Optuna storage {url.split('@')[-1]}: {exc.__cause__ or exc}{hint}.") from None
         except Exception as exc:  # another worker creating the schema right now; or unreachable, bad credentials
+            if fault_of(exc):
+                raise StoreFault(f"Cannot write the Optuna storage {url.split('@')[-1]}: {fault_of(exc)}. Fix the cause, "
+                                 "then run again.") from None
             if attempt == 4:
                 raise UserError(f"Cannot open the Optuna storage {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from None
             time.sleep(1 + attempt)
