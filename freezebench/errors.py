@@ -31,7 +31,7 @@ def fault_of(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FAULTS:
-            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             return f"{_FAULTS[exc.errno]}{where}"
         text = str(exc).lower()
         for marker, what in _SQLITE_FAULTS.items():

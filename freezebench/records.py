@@ -232,6 +232,7 @@ class TrialResult:
     class_names: tuple[str, ...] = ()
     outputs: TrialOutputs | None = None  # the trained model's test-set outputs, for analyses
     artifacts: list = field(default_factory=list)  # Outputs (figures, data, arrays) made by analyses and plugins
+    backbone: Any = field(default=None, repr=False)  # the trained network (a Backbone), to keep as the trial's model
 
 
 @dataclass

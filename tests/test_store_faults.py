@@ -207,7 +207,7 @@ def test_faults_are_told_apart_from_bugs():
 
     from freezebench.errors import fault_of
 
-    assert fault_of(OSError(errno.ENOSPC, "No space left on device", "/x/y")) == "the disk is full (no space left on device) writing /x/y"
+    assert fault_of(OSError(errno.ENOSPC, "No space left on device", "/x/y")) == "the disk is full (no space left on device) (/x/y)"
     assert fault_of(OSError(errno.EROFS, "Read-only file system")) == "the file system is read-only"
     try:
         try:

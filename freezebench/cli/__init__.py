@@ -18,7 +18,7 @@ def cli():
 
 
 def _register_commands() -> None:
-    from . import info, report, results, run
+    from . import info, models, report, results, run
 
     cli.add_command(run.run)
     cli.add_command(run.worker)
@@ -28,6 +28,8 @@ def _register_commands() -> None:
     cli.add_command(results.leaderboard_cmd)
     cli.add_command(results.ui_cmd)
     cli.add_command(report.report_cmd)
+    cli.add_command(models.export_cmd)
+    cli.add_command(models.predict_cmd)
 
 
 _register_commands()

@@ -173,6 +173,7 @@ def fit(
         plan=plan,
         units=backbone.unit_names(),
         weights_source=backbone.weights_source + (f" ({backbone.weights_note})" if backbone.weights_note else ""),
+        backbone=backbone,
         weights_sha256=backbone.weights_sha256,
         trainable_params=trainable_parameter_count(backbone.model),
         total_params=sum(p.numel() for p in backbone.model.parameters()),

@@ -47,6 +47,7 @@ TRIAL_CONFIG = "trial_config.json"
 UNFREEZE_EVENTS = "unfreeze_events.json"
 OUTPUTS_MANIFEST = "outputs.json"  # what each output artifact is: title, section, in_report
 TEST_PREDICTIONS = "test_predictions.npz"
+MODEL_FOLDER = "model"  # the trained model (safetensors + manifest), kept for each study's best trials
 ANALYSES_FOLDER = "analyses"  # study analyses, under the study's parent run
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
@@ -81,6 +82,7 @@ def where(role: str | None = None, *, finished: bool = False, **tags: str | None
     return " and ".join(parts)
 
 
+MODEL = tag("model")  # "kept" when the run holds its trained model under MODEL_FOLDER
 DEGENERATE = tag("degenerate")  # "true" when the trial predicts one class for every test image
 
 

@@ -115,9 +115,9 @@ class Tracker:
         self.client.log_batch(run_id, metrics=metrics)
 
     def finish_trial(self, run_id: str, result: TrialResult, outputs: list[Output] = (), metrics: dict[str, float] | None = None,
-                     tags: dict[str, str] | None = None) -> None:
-        """Record a complete trial: final metrics (and ``metrics``), tags, plan and config, its ``outputs``;
-        then close it."""
+                     tags: dict[str, str] | None = None, model_dir: Path | None = None) -> None:
+        """Record a complete trial: final metrics (and ``metrics``), tags, plan and config, its ``outputs``,
+        its trained model (``model_dir``, when kept); then close it."""
         from mlflow.entities import Metric, RunTag
 
         tags = {layout.FROZEN_UNITS: ",".join(result.plan.frozen) or "-", layout.PREFIX_CACHE: result.prefix_cache,
@@ -145,6 +145,9 @@ class Tracker:
         if result.events:
             self.client.log_dict(run_id, result.events, layout.UNFREEZE_EVENTS)
         self.log_outputs(run_id, outputs)
+        if model_dir is not None:
+            self.client.log_artifacts(run_id, str(model_dir), layout.MODEL_FOLDER)
+            self.client.set_tag(run_id, layout.MODEL, "kept")
         self.client.set_tag(run_id, layout.STATE, "complete")  # last: a run says complete only once all of it is written
         self.client.set_terminated(run_id, "FINISHED")
 

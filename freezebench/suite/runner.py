@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import math
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Protocol
 
 import optuna
@@ -17,6 +19,7 @@ from .. import __version__, plugins
 from ..analysis import trial_analyses
 from ..backbone import WeightsRequest
 from ..engine.datacache import DataCache
+from ..engine.saved import save_model
 from ..engine.trial import run_trial
 from ..errors import StoreFault, UserError, fault_of
 from ..records import StudySummary, TrialConfig, TrialResult
@@ -97,12 +100,22 @@ def uncertainty(result: TrialResult) -> tuple[dict[str, float], dict[str, str]]:
     return metrics, {layout.DEGENERATE: str(stats.is_degenerate(out.test_probs)).lower()}
 
 
-def _record(tracker: Tracker, run_id: str, result: TrialResult) -> None:
-    """Record a trained trial. When the store refuses (a full disk, a folder turned read-only), the run
-    is closed as failed where it still can be, and the fault is raised: the same command retries it."""
+def _record(tracker: Tracker, run_id: str, result: TrialResult, keep_model: dict | None = None) -> None:
+    """Record a trained trial, with its trained model when ``keep_model`` (what the model's manifest says of
+    where it came from). When the store refuses (a full disk, a folder turned read-only), the run is closed
+    as failed where it still can be, and the fault is raised: the same command retries it."""
     metrics, tags = uncertainty(result)
     try:
-        tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags)
+        with tempfile.TemporaryDirectory(prefix="freezebench-model-") as tmp:
+            model_dir = None
+            if keep_model is not None and result.backbone is not None:
+                about = {**keep_model, "run_id": run_id, "strategy": result.config.strategy,
+                         "strategy_params": result.config.strategy_params, "lr": result.config.lr,
+                         "frozen_units": list(result.plan.frozen), "best_epoch": result.outcome.best_epoch,
+                         "val": result.outcome.best_val,
+                         "test_metrics": {**{f"test_{k}": v for k, v in result.outcome.test.items()}, **metrics}}
+                model_dir = save_model(result.backbone, result.config, result.class_names, Path(tmp) / "model", about)
+            tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags, model_dir)
     except Exception as exc:
         fault = fault_of(exc)
         with contextlib.suppress(Exception):  # the store may refuse this too; then the retry closes it
@@ -196,8 +209,13 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             trial.set_user_attr("fail_reason", reason)
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
+        value = result.outcome.best_val[metric]
+        keep = None
+        if _best_so_far(trial.study, value):  # the study's best trials keep their trained model (export, predict)
+            keep = {"dataset": plan.dataset_ref.label, "study": plan.name, "optuna_trial": trial.number,
+                    "selected_on": f"val_{metric}"}
         try:
-            _record(tracker, run_id, result)
+            _record(tracker, run_id, result, keep)
         except StoreFault:
             with contextlib.suppress(Exception):  # its settings run first next time, as after Ctrl-C
                 retry_interrupted(trial.study, trial)
@@ -205,7 +223,6 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         for k, v in result.outcome.test.items():
             trial.set_user_attr(f"test_{k}", v)
         trial.set_user_attr("trainable_params", result.trainable_params)
-        value = result.outcome.best_val[metric]
         reporter.trial_ended(plan.name, trial.number, "complete", value)
         return value
 
@@ -227,6 +244,17 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     reporter.study_ended(summary)
     plugins.hook().study_finished(summary=summary)
     return summary
+
+
+def _best_so_far(study, value: float) -> bool:
+    """``value`` ties or beats every complete trial of ``study`` (so the study's final best trial, and any
+    trial tied with it, is always among those that kept their model)."""
+    if not math.isfinite(value):
+        return False
+    done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not done:
+        return True
+    return value >= max(done) if study.direction.name == "MAXIMIZE" else value <= min(done)
 
 
 def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name: str) -> None:

@@ -1,0 +1,181 @@
+"""`freezebench export` (the recommended trial's trained model, as a folder) and `freezebench predict`."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import UserError
+from .console import console, plain, print_json, styled
+from .options import store_options
+
+
+def _study_run(tracker, experiment_id: str, dataset: str, suite: str | None, study: str | None):
+    from ..results import layout
+
+    runs = tracker.client.search_runs([experiment_id], layout.where(layout.STUDY, suite=suite, study=study), max_results=1000)
+    names = sorted({r.data.tags.get(layout.STUDY_NAME, "") for r in runs})
+    if not runs:
+        raise UserError(f"No study {study!r} of dataset {dataset!r}" if study else
+                        f"No study of dataset {dataset!r}" + (f" in suite {suite!r}" if suite else "") + ".")
+    if len(names) > 1:
+        raise UserError(f"Dataset {dataset!r} has {len(names)} studies: {', '.join(names)}. Choose one with --study.")
+    return runs[0]
+
+
+def _card(rec, manifest: dict) -> str:
+    """MODEL.md: what the model is, how it was chosen, how well it does (with intervals), how to use it."""
+    lines = [f"# {manifest['backbone']} for {manifest.get('dataset', '?')}: {', '.join(manifest['classes'])}", ""]
+    lines += [line.strip() for line in rec.lines()] if rec is not None else []
+    spec = manifest["input"]
+    lines += ["", f"Input: any image, resized to {spec['image_size']} x {spec['image_size']} ({spec['resize_mode']}), "
+                  "grayscale repeated to 3 channels, normalised with the backbone's mean and std.",
+              f"Source run: {manifest['run_id']} (study {manifest.get('study', '?')}, trial {manifest.get('optuna_trial', '?')}); "
+              f"pretrained from {manifest['pretrained_from']}.", "",
+              "Use it:", "", "    freezebench predict --model THIS_FOLDER image.png more_images/", "",
+              "or, in Python:", "", "    from freezebench.engine.saved import load_model",
+              "    probs = load_model('THIS_FOLDER').predict([uint8_image])", ""]
+    return "\n".join(lines)
+
+
+@click.command("export")
+@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="New folder for the model.")
+@click.option("--suite", help="Only studies of this suite.")
+@click.option("--study", help="The study, when the dataset has several (one per backbone).")
+@click.option("--run-id", help="A trial run that kept its model, instead of the recommended one.")
+@click.option("--register", "register", metavar="NAME", help="Also register it in the MLflow Model Registry as NAME.")
+@store_options
+def export_cmd(dataset, out, suite, study, run_id, register, results_dir, storage, tracking_uri):
+    """Export the recommended configuration's trained model of DATASET to a folder: safetensors weights,
+    a manifest, and a model card with its test metrics and their 95% intervals."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..results import layout
+    from ..results.recommend import recommend
+    from ..results.tracking import Tracker
+    from ..suite.stores import Stores
+
+    target = Path(out).resolve()
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not empty: name a new folder with --out.")
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
+    if not stores.exists():
+        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    experiment = tracker.client.get_experiment_by_name(dataset)
+    if experiment is None:
+        raise UserError(f"No results for dataset {dataset!r} in {stores.tracking_uri}.")
+    rec = None
+    if run_id is None:
+        parent = _study_run(tracker, experiment.experiment_id, dataset, suite, study)
+        name = parent.data.tags[layout.STUDY_NAME]
+        rec = recommend(tracker, experiment.experiment_id, name, layout.objective_metric(parent.data.tags))
+        if rec is None:
+            raise UserError(f"Study {name!r} has no finished trial yet.")
+        run_id = rec.best["run_id"]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = tracker.client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"No run {run_id!r} in {stores.tracking_uri}.") from None
+    if run.data.tags.get(layout.MODEL) != "kept":
+        raise UserError(f"Run {run_id} ({run.info.run_name}) did not keep its trained model: each study keeps the models "
+                        "of the trials that were its best when they finished. Export the recommended one (no --run-id).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:  # fetched and written beside the target, then renamed into place: never half a model folder
+        tracker.client.download_artifacts(run_id, layout.MODEL_FOLDER, str(staging))
+        folder = staging / layout.MODEL_FOLDER
+        from ..engine.saved import load_model
+
+        saved = load_model(folder)  # the weights' hash and the manifest are checked; it must load
+        (folder / "MODEL.md").write_text(_card(rec, saved.manifest), encoding="utf-8")
+        if target.exists():
+            target.rmdir()
+        os.replace(folder, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    console.print(styled("Exported ", (run.info.run_name, "bold"), f" to {target}: {', '.join(sorted(p.name for p in target.iterdir()))}"),
+                  highlight=False, soft_wrap=True)
+    if register:
+        version = _register(tracker, register, run)
+        console.print(styled("Registered as ", (f"{register} version {version.version}", "bold"),
+                             f" in the MLflow Model Registry (source {version.source})"), highlight=False, soft_wrap=True)
+    console.print(styled("Use it: ", (f"freezebench predict --model {target} IMAGES...", "bold")), highlight=False, soft_wrap=True)
+
+
+def _register(tracker, name: str, run):
+    """A new version of registered model ``name`` pointing at the run's model folder."""
+    from mlflow.exceptions import MlflowException
+
+    from ..results import layout
+
+    client = tracker.client
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Models exported by freezebench (safetensors + freezebench-model.json).")
+    tags = {k: run.data.tags[k] for k in (layout.DATASET, layout.STRATEGY, layout.STRATEGY_PARAMS, layout.BACKBONE) if k in run.data.tags}
+    return client.create_model_version(name, f"{run.info.artifact_uri}/{layout.MODEL_FOLDER}", run_id=run.info.run_id, tags=tags)
+
+
+@click.command("predict")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="A folder made by freezebench export.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the predictions to this CSV file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def predict_cmd(model_dir, images, out, as_json):
+    """Class probabilities for IMAGES (files, or folders of images) from an exported model."""
+    import csv
+    import os
+    from pathlib import Path
+
+    from rich import box
+    from rich.table import Table
+
+    from ..engine.saved import load_model
+    from ..imageio import IMAGE_SUFFIXES, decode
+
+    files = []
+    for item in map(Path, images):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item} does not exist.")
+    saved = load_model(model_dir)
+    decoded = []
+    for f in files:
+        try:
+            decoded.append(decode(f))
+        except Exception as exc:
+            raise UserError(f"Cannot read image {f}: {type(exc).__name__}: {exc}") from None
+    probs = saved.predict(decoded)
+    classes = saved.classes
+    rows = [{"file": str(f), "predicted": classes[int(p.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
+            for f, p in zip(files, probs)]
+    if out:
+        tmp = f"{out}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("file", "predicted", *(f"p({c})" for c in classes)):
+        table.add_column(plain(column), justify="left" if column in ("file", "predicted") else "right")
+    for r in rows:
+        table.add_row(plain(r["file"]), plain(r["predicted"]), *(plain(f"{r[f'p_{c}']:.3f}") for c in classes))
+    console.print(table)

@@ -1,0 +1,112 @@
+"""A trained model as a folder anyone can load and use: the weights as safetensors (no pickle) and a
+manifest with all that rebuilds the network and prepares an image the way the trial did.
+
+    model.safetensors       every tensor of the trained network (state dict)
+    freezebench-model.json  backbone, head, classes, input size, resize mode, normalisation,
+                            the weights' sha256, and where the model came from
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__, plugins
+from ..backbone import Backbone, WeightsRequest
+from ..errors import UserError
+from ..records import TrialConfig
+from ..weights import sha256_file
+from .heads import with_head
+from .preprocess import Normalizer, resize_images
+
+FORMAT = "freezebench-model/1"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "freezebench-model.json"
+
+
+def save_model(backbone: Backbone, config: TrialConfig, classes: Sequence[str], folder: Path, about: dict | None = None) -> Path:
+    """Write ``backbone``'s trained network and its manifest into ``folder``; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    manifest = {
+        "format": FORMAT,
+        "freezebench_version": __version__,
+        "backbone": backbone.name,
+        "head": {"kind": config.head, "hidden": config.head_hidden, "dropout": config.head_dropout},
+        "classes": list(classes),
+        "input": {"image_size": config.image_size, "resize_mode": config.resize_mode,
+                  "mean": list(backbone.mean), "std": list(backbone.std)},
+        "weights_sha256": sha256_file(folder / WEIGHTS_FILE),
+        "pretrained_from": backbone.weights_source,
+        **(about or {}),
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
+    return folder
+
+
+@dataclass
+class SavedModel:
+    """A model loaded back from its folder, ready to predict."""
+
+    manifest: dict[str, Any]
+    model: torch.nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities (N, C) for decoded uint8 images ((H, W) or (H, W, 3), any size)."""
+        spec = self.manifest["input"]
+        norm = Normalizer(spec["mean"], spec["std"])
+        self.model.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = resize_images(images[start : start + batch_size], spec["image_size"], spec["resize_mode"])
+            out.append(torch.softmax(self.model(norm(batch)).float(), dim=1))
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, len(self.classes)))
+
+
+def load_model(folder: str | Path) -> SavedModel:
+    """Rebuild the network a manifest describes (no pretrained download: every tensor comes from the
+    folder), check the weights file against the manifest's sha256, and load it strictly."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    manifest_path, weights_path = folder / MANIFEST_FILE, folder / WEIGHTS_FILE
+    if not manifest_path.is_file() or not weights_path.is_file():
+        raise UserError(f"{folder} is not a freezebench model folder: it needs {MANIFEST_FILE} and {WEIGHTS_FILE} "
+                        "(made by freezebench export).")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{manifest_path}: format {manifest.get('format') if isinstance(manifest, dict) else None!r} is not "
+                        f"{FORMAT!r}; export the model again with this freezebench.")
+    actual = sha256_file(weights_path)
+    if actual != manifest.get("weights_sha256"):
+        raise UserError(f"{weights_path} has sha256 {actual}, but its manifest says {manifest.get('weights_sha256')}: "
+                        "the file was changed or damaged. Export the model again.")
+    name = manifest["backbone"]
+    if name not in plugins.backbones():
+        raise UserError(f"{manifest_path}: {plugins.backbones().unknown_message(name)}")
+    backbone = plugins.backbones().get(name).build(len(manifest["classes"]), WeightsRequest(pretrained=False))
+    head = manifest["head"]
+    backbone = with_head(backbone, head["kind"], head["hidden"], head["dropout"])
+    try:
+        backbone.model.load_state_dict(load_file(str(weights_path)), strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{weights_path} does not fit backbone {name!r} with a {head['kind']} head: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return SavedModel(manifest, backbone.model.eval())
