@@ -80,7 +80,7 @@ class Stores:
             raise UserError(f"{what} {folder} is not writable (read-only, or owned by another user). Pass --results-dir "
                             "with a folder you can write to, or set FREEZEBENCH_RESULTS.")
         for url in (self.optuna_url, self.tracking_uri):
-            path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+            path = _sqlite_file(url)
             if path is not None and path.is_file() and not os.access(path, os.W_OK):
                 raise UserError(f"{path} is read-only: freezebench adds every trial to it. Make it writable "
                                 "(chmod u+w), or pass --results-dir for a new folder.")
@@ -135,7 +135,7 @@ class Stores:
         """Open the store at ``url`` with ``create(url)``; a local SQLite store that does not exist yet is
         made in a side file and renamed into place once its schema is complete, so a kill or a full disk
         during creation never leaves a half-made store that breaks later runs."""
-        path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+        path = _sqlite_file(url)
         if path is None or path.exists():
             create(url)
             return
@@ -149,4 +149,9 @@ class Stores:
             side.unlink(missing_ok=True)
 
     def exists(self) -> bool:
-        return not self.local_tracking or Path(self.tracking_uri.removeprefix("sqlite:///")).is_file()
+        return not self.local_tracking or _sqlite_file(self.tracking_uri).is_file()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL; None for any other store."""
+    return Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
