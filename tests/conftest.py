@@ -83,7 +83,9 @@ def pip_install(package: Path, target: Path) -> dict:
     return {"PYTHONPATH": str(target)}
 
 
-def write_suite(path: Path, npz: Path, *, strategy='["linear_probe", "freeze_to", "full"]', n_trials=3, extra="") -> Path:
+def write_suite(path: Path, npz: Path, *, strategy='["linear_probe", "freeze_to", "full"]', n_trials=3, extra="",
+                confirm="false") -> Path:
+    """A tiny suite. Confirmation is off unless ``confirm`` gives its table: most tests are about the search."""
     path.write_text(
         f"""
 [suites.tiny]
@@ -91,6 +93,7 @@ datasets = [{{ name = "medmnist_npz", path = "{npz}", alias = "tinybreast" }}]
 backbones = ["mobilenetv2_100"]
 n_trials = {n_trials}
 metric = "f1"
+confirm = {confirm}
 {extra}
 [suites.tiny.params]
 strategy = {strategy}

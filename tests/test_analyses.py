@@ -183,8 +183,14 @@ def test_report_is_self_contained_and_opens_in_chromium(sweep, cli, tmp_path):
     code, out, _ = cli("report", "--suite", "tiny", "--results-dir", str(sweep), "--out", str(tmp_path))
     assert code == 0
     page = (tmp_path / "tiny.html").read_text()
-    assert "Leaderboard: tinybreast" in page and page.count("data:image/png;base64,") >= 5
+    assert "Leaderboard: tinybreast" in page and page.count("data:image/webp;base64,") >= 5
     assert 'src="http' not in page and "<script" not in page  # nothing fetched from elsewhere
+    # read top down: the answer (with its comparison figure), across datasets, leaderboards, the papers' views, provenance
+    order = [page.index(h) for h in ("1. The answer", "Recommended for tinybreast", "<svg", "2. Across datasets",
+                                     "3. Leaderboards", "4. The papers' views", "5. Provenance")]
+    assert order == sorted(order)
+    assert len(page.encode()) < 1_000_000
+    assert "[suites.tiny]" in page and "split hash" in page and "{'train'" not in page  # TOML and tables, not reprs
     assert "metric_vs_freeze_point" in page and "Inside the networks" in page
     assert "grad_cam_comparison" in page and "roc_per_case" in page and "freeze_to: grad cam" in page
     assert "deconv_comparison" in page and "freeze_to: deconv view" in page

@@ -30,6 +30,7 @@ def _valid(npz) -> str:
 datasets = [{{ name = "medmnist_npz", path = "{npz}" }}]
 backbones = ["mobilenetv2_100"]
 n_trials = 1
+confirm = false
 [suites.tiny.params]
 strategy = "freeze_to"
 k = 2

@@ -21,8 +21,8 @@ def _trial_runs(client, exp_id):
 
 def test_run_output_ends_with_summary_and_leaderboard(finished_suite):
     _, _, out = finished_suite
-    assert "Suite tiny: best trial per study" in out
-    assert "Leaderboard tinybreast (suite tiny), ranked by best val f1" in out
+    assert "Suite tiny: per study, the search's best trial on val f1" in out
+    assert "Leaderboard tinybreast (suite tiny), confirmed (mean over seeds, xN) then single trials, by val f1" in out
     assert out.count("complete val_f1=") == 3
 
 
@@ -215,21 +215,22 @@ def test_leaderboard_group_by_strategy(finished_suite, cli):
 
 def test_top_configurations_confirmed_over_seeds(tmp_path, tiny_npz, cli):
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2,
-                         extra="confirm = { top = 1, seeds = [5, 6] }\n")
+                         confirm="{ top = 1, seeds = [5, 6] }")
     results = tmp_path / "results"
     code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
-    assert code == 0 and "confirmed (seed 5)" in out and "confirmed (seed 6)" in out
+    assert code == 0 and "confirmed (seed 5, top 1)" in out and "confirmed (seed 6, top 1)" in out
     code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
     rows = json.loads(out)
     assert len(rows) == 2  # confirmation runs are not leaderboard rows of their own
     top = rows[0]
-    assert top["seeds"] == 3 and "test_f1_std" in top and rows[1]["seeds"] == 1
+    assert top["seeds"] == 3 and top["confirmed"] and "test_f1_std" in top and rows[1]["seeds"] == 1
     client = _client(results)
     exp = client.get_experiment_by_name("tinybreast")
     confirms = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'confirm'")
     assert sorted(int(r.data.params["seed"]) for r in confirms) == [5, 6]
     assert all(r.data.tags["freezebench.confirm_of"] == top["run_id"] for r in confirms)
     f1s = [client.get_run(top["run_id"]).data.metrics["test_f1"]] + [r.data.metrics["test_f1"] for r in confirms]
-    assert top["test_f1_mean"] == pytest.approx(sum(f1s) / 3)
+    assert top["test_f1"] == pytest.approx(sum(f1s) / 3)
+    assert top["test_f1_ci"][0] <= top["test_f1"] <= top["test_f1_ci"][1]
     code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
-    assert "confirmed" not in out  # already done: resumed, not repeated
+    assert "confirmed (seed" not in out  # already done: resumed, not repeated

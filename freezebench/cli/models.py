@@ -76,7 +76,11 @@ def export_cmd(dataset, out, suite, study, run_id, register, results_dir, storag
         rec = recommend(tracker, experiment.experiment_id, name, layout.objective_metric(parent.data.tags))
         if rec is None:
             raise UserError(f"Study {name!r} has no finished trial yet.")
-        run_id = rec.best["run_id"]
+        run_id = rec.model_run_id
+        if run_id is None:
+            raise UserError(f"The recommended configuration of study {name!r} kept no trained model (its runs predate "
+                            "kept models, or their recording failed): run the suite again to confirm it, or name a run "
+                            "with --run-id.")
     from mlflow.exceptions import MlflowException
 
     try:

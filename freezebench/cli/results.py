@@ -28,9 +28,10 @@ def _fmt(column: str, v) -> str:
 # column -> header; compact enough for an 80-column terminal
 LEADERBOARD_COLUMNS = {
     "rank": "#", "backbone": "backbone", "strategy": "strategy", "strategy_params": "with", "lr": "lr", "best_epoch": "ep",
-    "val": "val", "test_accuracy": "test acc\n[95% CI]", "test_auc": "test auc\n[95% CI]", "test_f1": "test\nf1",
-    "trainable_params": "trained\nparams", "wall_time_s": "time",
+    "val": "val", "test_accuracy": "test acc\n[95% CI]", "test_auc": "test auc\n[95% CI]", "tie": "vs\nfirst",
+    "test_f1": "test\nf1", "trainable_params": "trained\nparams", "wall_time_s": "time",
 }
+TIE_MARKS = {True: "tied", False: "worse", None: "-"}
 
 
 def _cell(c: str, r: dict, metric: str) -> str:
@@ -38,6 +39,10 @@ def _cell(c: str, r: dict, metric: str) -> str:
         low, high = r[f"{c}_ci"]
         flag = "!" if c == "test_accuracy" and r.get("degenerate") else ""
         return f"{r[c]:.3f}{flag} {low:.2f}-{high:.2f}"
+    if c == "val" and r.get("confirmed"):
+        return f"{r[f'val_{metric}']:.3f}±{r[f'val_{metric}_std']:.3f} x{r['seeds']}"
+    if c == "tie":
+        return "first" if r["rank"] == 1 else TIE_MARKS[r.get("tied_with_first")]
     return _fmt(c, r.get(c if c != "val" else f"val_{metric}"))
 
 
@@ -53,28 +58,28 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     for rec in recommendations(tracker, dataset, metric, suite):  # the answer first, then the evidence
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-    title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "") + f", ranked by best val {metric}"
-             + (f", best per {group_by}" if group_by else ""))
+    title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "")
+             + f", confirmed (mean over seeds, xN) then single trials, by val {metric}" + (f", best per {group_by}" if group_by else ""))
     table = Table(title=plain(title), box=box.SIMPLE_HEAD, pad_edge=False)
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
         cols.pop("backbone")
-    if console.width < 110:  # keep the table whole on an 80-column terminal; --json has every field
-        for c in ("wall_time_s", "best_epoch", "test_f1"):
+    if console.width < 120:  # keep the table whole on an 80-column terminal; --json has every field
+        for c in ("wall_time_s", "best_epoch", "test_f1", "trainable_params"):
             cols.pop(c)
     for c, header in cols.items():
         width = max(len(line) for line in header.split("\n"))
         width = max([width] + [len(_cell(c, r, metric)) for r in rows])
         table.add_column(header, justify="left" if c in ("backbone", "strategy", "strategy_params") else "right", min_width=width)
     for r in rows:
-        cells = [_cell(c, r, metric) for c in cols]
-        if "test_f1_std" in r and "test_f1" in cols:  # confirmed over several seeds: mean ± spread
-            cells[list(cols).index("test_f1")] = f"{r['test_f1_mean']:.3f}±{r['test_f1_std']:.3f}"
-        table.add_row(*map(plain, cells))
+        table.add_row(*map(plain, (_cell(c, r, metric) for c in cols)))
     console.print(table)
     if not rows:
         console.print(f"No finished trials for {dataset!r} yet.", markup=False)
-    elif any(r.get("degenerate") for r in rows):
+        return
+    console.print("vs first: 'tied' = test AUC not significantly worse than the first row's (paired bootstrap on the same "
+                  "test images, Holm-corrected); 'worse' = significantly worse.", markup=False, highlight=False, soft_wrap=True)
+    if any(r.get("degenerate") for r in rows):
         console.print("! predicts one class for every test image (its accuracy is the majority rate)", markup=False)
 
 

@@ -58,7 +58,8 @@ class RichReporter:
         self.progress.update(self.trial_task, completed=epoch)
 
     def trial_ended(self, study, number, state, value, reason=""):
-        self.progress.advance(self.study_task)
+        if not state.startswith("confirm"):  # the bar counts the search's trials; re-runs are printed
+            self.progress.advance(self.study_task)
         shown = f"val_{self.metric}={value:.4f}" if value is not None else reason
         self.progress.console.print(f"  trial {number} {state} {shown}", highlight=False, markup=False)
 
@@ -99,13 +100,13 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     with Progress(*columns, console=console) as progress:
         summaries = run_suite(plans, stores, RichReporter(progress, metric))
 
-    console.print(styled((f"Suite {suite}", "bold"), f": best trial per study, selected on val {metric}"))
+    console.print(styled((f"Suite {suite}", "bold"), f": per study, the search's best trial on val {metric} (one seed)"))
     for s in summaries:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items()))
         line = f"  {s.study}: {counts}"
         if s.best_value is not None:
             best = " ".join(f"{k}={v:.1e}" if k == "lr" else f"{k}={v}" for k, v in s.best_params.items())
-            line += f"; best val {metric} {s.best_value:.3f} ({best}); its test metrics, with their intervals, below"
+            line += f"; best val {metric} {s.best_value:.3f} ({best}). The recommendation: the first row below"
         console.print(line, highlight=False, markup=False)
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     for label in dict.fromkeys(s.dataset for s in summaries):

@@ -34,6 +34,7 @@ STRATEGY = tag("strategy")
 STRATEGY_PARAMS = tag("strategy_params")  # "k=5 a=1", or "-"
 OPTUNA_TRIAL = tag("optuna_trial")
 CONFIRM_OF = tag("confirm_of")  # the run id a confirmation re-runs
+CONFIRM_WHY = tag("confirm_why")  # why it is in the confirmation set: "top 1", "best of linear_probe"
 FAIL_REASON = tag("fail_reason")
 FROZEN_UNITS = tag("frozen_units")
 PREFIX_CACHE = tag("prefix_cache")
@@ -47,6 +48,7 @@ TRIAL_CONFIG = "trial_config.json"
 UNFREEZE_EVENTS = "unfreeze_events.json"
 OUTPUTS_MANIFEST = "outputs.json"  # what each output artifact is: title, section, in_report
 TEST_PREDICTIONS = "test_predictions.npz"
+SUITE_TOML = "suite.toml"  # the suite as it ran (every default filled in), on the study's parent run
 MODEL_FOLDER = "model"  # the trained model (safetensors + manifest), kept for each study's best trials
 ANALYSES_FOLDER = "analyses"  # study analyses, under the study's parent run
 LEADERBOARD_CSV = "leaderboard.csv"

@@ -1,4 +1,5 @@
-"""Leaderboards from MLflow: a dataset's trial runs ranked by their best validation metric."""
+"""Leaderboards from MLflow: a dataset's configurations, confirmed ones first by their mean over seeds,
+with test intervals and ties with the first (``evidence``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 from ..errors import UserError
 from ..records import HIGHER_IS_BETTER, METRICS
 from . import layout
+from .evidence import TEST_METRICS, add_evidence
 from .tracking import Tracker
 
 # trial parameters shown for every trial; a strategy's own parameters (k, a, b, ...) follow them
@@ -46,12 +48,12 @@ def _typed(value: str | None):
     return value
 
 
-def _spread(client, exp_id: str) -> dict[str, list[dict]]:
-    """Confirmation runs (other seeds) of each trial run, by the trial's run id."""
+def _confirmations(client, exp_id: str) -> dict[str, list]:
+    """Finished confirmation runs (other seeds) of each trial run, by the trial's run id, seed order."""
     found = client.search_runs([exp_id], layout.where(layout.CONFIRM, finished=True), max_results=5000)
-    out: dict[str, list[dict]] = {}
-    for r in found:
-        out.setdefault(r.data.tags.get(layout.CONFIRM_OF, ""), []).append(r.data.metrics)
+    out: dict[str, list] = {}
+    for r in sorted(found, key=lambda r: int(r.data.params.get("seed", 0))):
+        out.setdefault(r.data.tags.get(layout.CONFIRM_OF, ""), []).append(r)
     return out
 
 
@@ -61,10 +63,59 @@ def strategy_params(text: str) -> dict:
     return {k: _typed(v) for k, v in pairs}
 
 
+def _row(run, seeds: list, metric: str) -> dict:
+    """One configuration: its search trial ``run`` and its confirmation runs ``seeds``. A confirmed row's
+    values are means over every seed (the search trial's own value stays in ``val_<metric>_trial``)."""
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    every = [m] + [r.data.metrics for r in seeds]
+    val_key = layout.best_val(metric)
+    vals = [s[val_key] for s in every if val_key in s]
+    row = {
+        "run_name": run.info.run_name,
+        "study": t.get(layout.STUDY_NAME, ""),
+        "backbone": t.get(layout.BACKBONE, ""),
+        **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
+        **{k: v for k, v in strategy_params(t.get(layout.STRATEGY_PARAMS, "-")).items() if k not in PARAM_COLUMNS},
+        "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
+        "best_epoch": int(m.get("best_epoch", 0)),
+        "n_frozen": len(t[layout.FROZEN_UNITS].split(",")) if t.get(layout.FROZEN_UNITS, "-") != "-" else 0,
+        f"val_{metric}": float(np.mean(vals)),
+        "seeds": len(every),
+        "confirmed": len(every) > 1,
+    }
+    if len(every) > 1:
+        row[f"val_{metric}_std"] = float(np.std(vals))
+        row[f"val_{metric}_trial"] = m[val_key]
+        row["confirm_why"] = seeds[0].data.tags.get(layout.CONFIRM_WHY, "")
+    for k in TEST_METRICS:
+        values = [s[f"test_{k}"] for s in every if f"test_{k}" in s]
+        row[f"test_{k}"] = float(np.mean(values)) if values else None
+        if len(values) > 1:
+            row[f"test_{k}_std"] = float(np.std(values))
+        elif layout.ci(k, "low") in m:  # one seed: the interval it logged
+            row[f"test_{k}_ci"] = [m[layout.ci(k, "low")], m[layout.ci(k, "high")]]
+    kept = [r for r in [run, *seeds] if r.data.tags.get(layout.MODEL) == "kept"]
+    row.update({
+        "degenerate": t.get(layout.DEGENERATE) == "true",
+        "trainable_params": int(m.get("trainable_params", 0)),
+        "wall_time_s": m.get("wall_time_s"),
+        "run_id": run.info.run_id,
+        "seed_run_ids": [r.info.run_id for r in seeds],
+        "model_run_id": kept[0].info.run_id if kept else None,
+    })
+    return row
+
+
 def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None,
-                group_by: str | None = None) -> list[dict]:
+                group_by: str | None = None, study: str | None = None, evidence: bool = True) -> list[dict]:
+    """The configurations tried on ``dataset``, best first: those confirmed over several seeds first, by
+    their mean validation ``metric``, then the other trials by theirs. With ``evidence``, each row gets
+    its test intervals (a confirmed row: bootstrap over images of its mean over seeds) and whether it is
+    statistically tied with the first row (see ``evidence``)."""
     if metric not in METRICS:
         raise UserError(f"Unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    if group_by and group_by not in ("strategy", "backbone"):
+        raise UserError(f"--group-by must be 'strategy' or 'backbone', not {group_by!r}")
     client = tracker.client
     exp = client.get_experiment_by_name(dataset)
     if exp is None:
@@ -73,55 +124,27 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
             f"No results for dataset {dataset!r} in {tracker.tracking_uri}. "
             f"Datasets with results: {', '.join(names) or 'none (run a suite first)'}."
         )
-    query = layout.where(layout.TRIAL, finished=True, suite=suite)
+    query = layout.where(layout.TRIAL, finished=True, suite=suite, study=study)
     runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [exp.experiment_id], query, order_by=layout.ranked_by(metric),
-            max_results=1000, page_token=token,  # ties: the earlier trial first
-        )
+    while True:  # every finished trial: a confirmed one may sit anywhere in the single-seed order
+        page = client.search_runs([exp.experiment_id], query, order_by=layout.ranked_by(metric), max_results=1000,
+                                  page_token=token)  # ties: the earlier trial first
         runs.extend(page)
         token = page.token
-        if not token or (limit and len(runs) >= limit):
+        if not token:
             break
-    confirms = _spread(client, exp.experiment_id)
-    rows = []
-    for run in runs:
-        m, p, t = run.data.metrics, run.data.params, run.data.tags
-        if layout.best_val(metric) not in m:
-            continue
-        seeds = [m] + confirms.get(run.info.run_id, [])
-        own = strategy_params(t.get(layout.STRATEGY_PARAMS, "-"))
-        rows.append(
-            {
-                "rank": len(rows) + 1,
-                "run_name": run.info.run_name,
-                "study": t.get(layout.STUDY_NAME, ""),
-                "backbone": t.get(layout.BACKBONE, ""),
-                **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
-                **{k: v for k, v in own.items() if k not in PARAM_COLUMNS},
-                "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
-                "best_epoch": int(m.get("best_epoch", 0)),
-                f"val_{metric}": m[layout.best_val(metric)],
-                **{f"test_{k}": m.get(f"test_{k}") for k in ("accuracy", "balanced_accuracy", "f1", "auc")},
-                **{f"test_{k}_ci": [m[layout.ci(k, "low")], m[layout.ci(k, "high")]]
-                   for k in ("accuracy", "balanced_accuracy", "f1", "auc") if layout.ci(k, "low") in m},
-                "degenerate": t.get(layout.DEGENERATE) == "true",
-                "trainable_params": int(m.get("trainable_params", 0)),
-                "wall_time_s": m.get("wall_time_s"),
-                "seeds": len(seeds),
-                **{f"{k}_mean": float(np.mean([s[k] for s in seeds if k in s])) for k in (layout.best_val(metric), "test_f1", "test_auc", "test_accuracy") if any(k in s for s in seeds)},
-                **{f"{k}_std": float(np.std([s[k] for s in seeds if k in s])) for k in (layout.best_val(metric), "test_f1", "test_auc", "test_accuracy") if sum(k in s for s in seeds) > 1},
-                "run_id": run.info.run_id,
-            }
-        )
+    confirms = _confirmations(client, exp.experiment_id)
+    rows = [_row(run, confirms.get(run.info.run_id, []), metric) for run in runs if layout.best_val(metric) in run.data.metrics]
+    sign = -1 if HIGHER_IS_BETTER[metric] else 1
+    rows.sort(key=lambda r: (not r["confirmed"], sign * r[f"val_{metric}"] if r["confirmed"] else 0))  # stable
     if group_by:
-        if group_by not in ("strategy", "backbone"):
-            raise UserError(f"--group-by must be 'strategy' or 'backbone', not {group_by!r}")
         best: dict[str, dict] = {}
         for r in rows:  # rows are ranked: the first of each group is its best
             best.setdefault(str(r[group_by]), r)
-        rows = [dict(r, rank=i + 1) for i, r in enumerate(best.values())]
+        rows = list(best.values())
+    rows = [{"rank": i + 1, **r} for i, r in enumerate(rows)]
+    if evidence:
+        add_evidence(client, rows)
     return rows[:limit] if limit else rows
 
 
@@ -130,8 +153,8 @@ def to_csv(rows: list[dict]) -> str:
     import io
 
     buffer = io.StringIO()
-    rows = [{**{k: v for k, v in r.items() if not isinstance(v, list)},
-             **{f"{k}_{end}": v[i] for k, v in r.items() if isinstance(v, list) for i, end in enumerate(("low", "high"))}}
+    rows = [{**{k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items() if not k.endswith("_ci")},
+             **{f"{k}_{end}": v[i] for k, v in r.items() if k.endswith("_ci") for i, end in enumerate(("low", "high"))}}
             for r in rows]
     if rows:
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -150,23 +173,35 @@ def with_ci(row: dict, metric: str, digits: int = 3) -> str:
     return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
+def validation(row: dict, metric: str) -> str:
+    """The ranking value: "0.871" for one seed, "0.862 ±0.011 (3 seeds)" for a confirmed row."""
+    value = row[f"val_{metric}"]
+    return f"{value:.3f}" + (f" ±{row[f'val_{metric}_std']:.3f} ({row['seeds']} seeds)" if row.get("confirmed") else "")
+
+
+def versus_first(row: dict) -> str:
+    """"first", "tied", "worse" (significantly), or "-" (not compared), for the leaderboard's tie column."""
+    tied = row.get("tied_with_first")
+    if row.get("rank") == 1:
+        return "first"
+    if tied is None:
+        return "-"
+    diff = row.get("vs_first_auc")
+    return ("tied" if tied else "worse") + (f" (AUC {diff:+.3f}, p {row['vs_first_p']:.2g})" if diff is not None else "")
+
+
 def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
-    head = (f"# Leaderboard: {dataset}\n\nTrials ranked by their best validation {metric}; test metrics at that epoch, "
-            "with 95% confidence intervals (stratified bootstrap over the test images).\n\n")
-    lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test f1 | test auc | trained params |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.4f}"
-
+    head = (f"# Leaderboard: {dataset}\n\nConfigurations confirmed over several seeds first, ranked by their mean "
+            f"validation {metric}, then single trials by their best validation {metric}. Test metrics with 95% confidence "
+            "intervals (stratified bootstrap over the test images; a confirmed row: of its mean over seeds). "
+            "'tied': not significantly worse than the first on test AUC (paired bootstrap, Holm-corrected).\n\n")
+    lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test bal. acc | test auc | vs first | trained params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        f1 = with_ci(r, "f1")
-        if "test_f1_std" in r:
-            f1 = f"{r['test_f1_mean']:.4f} ± {r['test_f1_std']:.4f} ({r['seeds']} seeds)"
         flag = " (one class only)" if r.get("degenerate") else ""
         lines.append(f"| {r['rank']} | {r['study']} | {r['strategy']} | {r['strategy_params']} | {r['lr']:.2e} | "
-                     f"{fmt(r.get(f'val_{metric}'))} | {with_ci(r, 'accuracy')}{flag} | {f1} | {with_ci(r, 'auc')} | "
-                     f"{r['trainable_params']:,} |")
+                     f"{validation(r, metric)} | {with_ci(r, 'accuracy')}{flag} | {with_ci(r, 'balanced_accuracy')} | "
+                     f"{with_ci(r, 'auc')} | {versus_first(r)} | {r['trainable_params']:,} |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -1,13 +1,16 @@
 """The answer to "what should I freeze, at what learning rate?" for one study, with its uncertainty:
-the configuration chosen on validation, its test metrics with 95% intervals, and paired comparisons
-on the same test images with the reference strategies (linear probing, full fine-tuning)."""
+the first row of the study's leaderboard (confirmed over seeds when the suite confirms), its test
+metrics with 95% intervals, and paired comparisons on the same test images with the reference
+strategies (linear probing, full fine-tuning), each at its own best configuration."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from . import layout, stats
-from .tracking import Tracker, load_arrays
+from .evidence import Predictions
+from .leaderboard import leaderboard
+from .tracking import Tracker
 
 REFERENCES = ("linear_probe", "full")
 
@@ -18,35 +21,48 @@ class Recommendation:
     dataset: str
     backbone: str
     metric: str
-    best: dict  # the chosen trial: run_id, name, strategy, strategy_params, lr, head_lr_mult, bn_policy, frozen, val
+    best: dict  # the study's first leaderboard row (run_id, strategy, strategy_params, lr, ..., frozen, seeds)
     n_test: int = 0
     intervals: dict[str, stats.Interval] = field(default_factory=dict)
     comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # reference strategy -> best minus it
-    references: dict[str, dict] = field(default_factory=dict)
-    degenerate: bool = False
+    references: dict[str, dict] = field(default_factory=dict)  # reference strategy -> its best row
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.best.get("degenerate"))
+
+    @property
+    def model_run_id(self) -> str | None:
+        """The run that kept the recommended configuration's trained model (its search trial, or a re-run)."""
+        return self.best.get("model_run_id")
 
     def lines(self) -> list[str]:
         b = self.best
         what = b["strategy"] + (f" {b['strategy_params']}" if b["strategy_params"] != "-" else "")
-        frozen = b["frozen"]
+        frozen = b.get("frozen", [])
         frozen_text = "nothing frozen" if not frozen else (f"frozen: {frozen[0]}" if len(frozen) == 1 else
                                                           f"frozen: {frozen[0]} .. {frozen[-1]} ({len(frozen)} units)")
+        val = b[f"val_{self.metric}"]
+        chosen = (f"chosen on mean validation {self.metric} {val:.3f} ±{b[f'val_{self.metric}_std']:.3f} over {b['seeds']} seeds"
+                  if b.get("confirmed") else f"chosen on validation {self.metric} {val:.3f} (one seed: not confirmed)")
         out = [f"Recommended for {self.dataset} x {self.backbone}: {what} ({frozen_text}), lr {b['lr']:.2g}, "
-               f"head LR x{b['head_lr_mult']:g}, BN {b['bn_policy']}; chosen on validation {self.metric} {b['val']:.3f}."]
+               f"head LR x{b['head_lr_mult']:g}, BN {b['bn_policy']}; {chosen}."]
         if not self.intervals:
             out.append("  (no test predictions recorded for it: no intervals)")
             return out
         shown = ", ".join(f"{name.replace('_', ' ')} {self.intervals[name]}" for name in ("auc", "accuracy", "balanced_accuracy")
                           if name in self.intervals)
-        out.append(f"  Test, {self.n_test} images, 95% CI: {shown}."
+        seeds = f", mean of {b['seeds']} seeds" if b.get("confirmed") else ""
+        out.append(f"  Test, {self.n_test} images{seeds}, 95% CI: {shown}."
                    + (" It predicts one class for every test image." if self.degenerate else ""))
         for ref, c in self.comparisons.items():
             r = self.references[ref]
             verdict = "AUC significantly higher" if c.significant and c.difference.value > 0 else (
                 "AUC significantly lower" if c.significant else "AUC not significantly different")
-            out.append(f"  vs {ref} (lr {r['lr']:.2g}): AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, "
-                       f"{c.difference.high:+.3f}], {_p(c.p_holm)} (paired bootstrap, Holm); accuracy McNemar "
-                       f"{_p(c.accuracy_p)}: {verdict}.")
+            seeds = f", {r['seeds']} seeds" if r.get("confirmed") else ""
+            out.append(f"  vs {ref} (lr {r['lr']:.2g}{seeds}): "
+                       f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
+                       f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
         probe = self.comparisons.get("linear_probe")
         if b["strategy"] == "linear_probe":
             out.append("  Linear probing itself is the best configuration found.")
@@ -62,50 +78,33 @@ def _p(value: float) -> str:
     return f"p < {floor:.2g}" if value < floor else f"p = {value:.2g}"
 
 
-def _trial(run) -> dict:
-    m, p, t = run.data.metrics, run.data.params, run.data.tags
-    frozen = t.get(layout.FROZEN_UNITS, "-")
-    return {"run_id": run.info.run_id, "name": run.info.run_name, "strategy": p.get("strategy", "?"),
-            "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"), "lr": float(p.get("lr", "nan")),
-            "head_lr_mult": float(p.get("head_lr_mult", "nan")), "bn_policy": p.get("bn_policy", "?"),
-            "frozen": [] if frozen == "-" else frozen.split(","), "metrics": m}
-
-
-def _logged_intervals(metrics: dict[str, float]) -> dict[str, stats.Interval]:
-    """The intervals the trial recorded (runs from before intervals were recorded have none)."""
-    names = [m for m in stats.INTERVAL_METRICS if layout.ci(m, "low") in metrics and f"test_{m}" in metrics]
-    if len(names) < len(stats.INTERVAL_METRICS):
-        return {}
-    return {m: stats.Interval(metrics[f"test_{m}"], metrics[layout.ci(m, "low")], metrics[layout.ci(m, "high")]) for m in names}
-
-
 def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str) -> Recommendation | None:
     """The study's recommendation, from what MLflow recorded; None when no trial finished."""
     client = tracker.client
-    runs = client.search_runs([experiment_id], layout.where(layout.TRIAL, finished=True, study=study), max_results=5000,
-                              order_by=layout.ranked_by(metric))
-    trials = [_trial(r) for r in runs if layout.best_val(metric) in r.data.metrics]
-    if not trials:
+    dataset = client.get_experiment(experiment_id).name
+    rows = leaderboard(tracker, dataset, metric, study=study, evidence=False)
+    if not rows:
         return None
-    best = trials[0]
-    best["val"] = best["metrics"][layout.best_val(metric)]
-    tags = runs[0].data.tags
-    rec = Recommendation(study, tags.get(layout.DATASET, ""), tags.get(layout.BACKBONE, ""), metric, best,
-                         degenerate=tags.get(layout.DEGENERATE) == "true")
-    predictions = load_arrays(client, best["run_id"], layout.TEST_PREDICTIONS)
-    if predictions is None:
+    predictions = Predictions(client)
+    best = rows[0]
+    run = client.get_run(best["run_id"])
+    frozen = run.data.tags.get(layout.FROZEN_UNITS, "-")
+    best["frozen"] = [] if frozen == "-" else frozen.split(",")
+    rec = Recommendation(study, run.data.tags.get(layout.DATASET, dataset), run.data.tags.get(layout.BACKBONE, ""), metric, best)
+    mine = predictions.row(best)
+    if mine is None:
         return rec
-    labels, probs = predictions["labels"], predictions["probs"]
-    rec.n_test, rec.intervals = len(labels), _logged_intervals(best["metrics"]) or stats.intervals(labels, probs)
+    labels, probs = mine
+    rec.n_test, rec.intervals = len(labels), stats.intervals(labels, probs)
     comparisons = {}
     for ref in REFERENCES:
-        candidate = next((t for t in trials if t["strategy"] == ref), None)
+        candidate = next((r for r in rows if r["strategy"] == ref), None)
         if candidate is None or candidate is best:
             continue
-        other = load_arrays(client, candidate["run_id"], layout.TEST_PREDICTIONS)
-        if other is None or len(other["labels"]) != len(labels) or (other["labels"] != labels).any():
+        other = predictions.row(candidate)
+        if other is None or len(other[0]) != len(labels) or (other[0] != labels).any():
             continue  # not the same test images: no paired comparison
-        comparisons[ref] = stats.compare(labels, probs, other["probs"], "auc")
+        comparisons[ref] = stats.compare(labels, probs, other[1], "auc")
         rec.references[ref] = candidate
     rec.comparisons = dict(zip(comparisons, stats.holm(list(comparisons.values()))))
     return rec

@@ -8,6 +8,10 @@
   two-sided p-value; accuracy by McNemar's exact test (``statsmodels``); p-values of several
   comparisons corrected by Holm's method (``statsmodels``).
 
+A configuration trained with several seeds is given as stacked predictions, shape (seeds, images,
+classes): its metric is the mean over seeds, and its interval is the bootstrap over images of that mean
+(the same resampled images for every seed), so seed-to-seed noise is averaged and image noise is kept.
+
 On 100-500 test images a difference of a few points of AUC is usually inside the noise: the
 intervals say so. See docs/reading-results.md.
 """
@@ -34,33 +38,36 @@ class Interval:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def _metrics(labels: np.ndarray, probs: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
-    """The metrics of INTERVAL_METRICS for index resamples ``idx`` of shape (..., N): shape (4, ...)."""
+def _metrics(labels: np.ndarray, probs: np.ndarray, idx: np.ndarray, n_classes: int,
+             names: tuple[str, ...] = INTERVAL_METRICS) -> np.ndarray:
+    """The metrics ``names`` (of INTERVAL_METRICS) for index resamples ``idx`` of shape (..., N): shape
+    (len(names), ...). Stacked predictions (S, N, C): the mean over the S seeds."""
+    if probs.ndim == 3:
+        return np.mean([_metrics(labels, p, idx, n_classes, names) for p in probs], axis=0)
     from scipy.stats import rankdata
 
     y, p = labels[idx], probs[idx]  # (..., N), (..., N, C)
     pred = p.argmax(-1)
-    correct = pred == y
-    recalls, f1s, aucs = [], [], []
+    per_class = {"balanced_accuracy": [], "f1": [], "auc": []}
     for c in range(n_classes):
         is_c, pred_c = y == c, pred == c
-        tp = (is_c & pred_c).sum(-1)
-        fp = (~is_c & pred_c).sum(-1)
-        fn = (is_c & ~pred_c).sum(-1)
-        recalls.append(tp / np.maximum(is_c.sum(-1), 1))
-        f1s.append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))
-        if n_classes == 2 and c == 0:
-            continue  # binary AUC: the positive class only
-        ranks = rankdata(p[..., c], axis=-1)  # Mann-Whitney: AUC from the ranks of the positives
-        n_pos = is_c.sum(-1)
-        n_neg = is_c.shape[-1] - n_pos
-        aucs.append(((ranks * is_c).sum(-1) - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1))
-    return np.stack([correct.mean(-1), np.mean(recalls, 0), np.mean(f1s, 0), np.mean(aucs, 0)])
+        if "balanced_accuracy" in names or "f1" in names:
+            tp = (is_c & pred_c).sum(-1)
+            fp = (~is_c & pred_c).sum(-1)
+            fn = (is_c & ~pred_c).sum(-1)
+            per_class["balanced_accuracy"].append(tp / np.maximum(is_c.sum(-1), 1))
+            per_class["f1"].append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))
+        if "auc" in names and not (n_classes == 2 and c == 0):  # binary AUC: the positive class only
+            ranks = rankdata(p[..., c], axis=-1)  # Mann-Whitney: AUC from the ranks of the positives
+            n_pos = is_c.sum(-1)
+            n_neg = is_c.shape[-1] - n_pos
+            per_class["auc"].append(((ranks * is_c).sum(-1) - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1))
+    return np.stack([(pred == y).mean(-1) if name == "accuracy" else np.mean(per_class[name], 0) for name in names])
 
 
 def point_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     labels, probs = np.asarray(labels), np.asarray(probs)
-    values = _metrics(labels, probs, np.arange(len(labels)), probs.shape[1])
+    values = _metrics(labels, probs, np.arange(len(labels)), probs.shape[-1])
     return dict(zip(INTERVAL_METRICS, map(float, values)))
 
 
@@ -83,7 +90,7 @@ def _bootstrap(statistic, labels: np.ndarray, n_classes: int, seed: int):
 def intervals(labels: np.ndarray, probs: np.ndarray, seed: int = SEED) -> dict[str, Interval]:
     """95% intervals of accuracy, balanced accuracy, macro F1 and AUC (stratified bootstrap over test images)."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
-    n_classes = probs.shape[1]
+    n_classes = probs.shape[-1]
     point = point_metrics(labels, probs)
     if len(_class_samples(labels, n_classes)) < 2:  # one class only: AUC undefined, nothing to resample against
         return {}
@@ -128,12 +135,12 @@ def compare(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, metric
     """Paired comparison of two configurations' predictions on the same test images."""
     labels = np.asarray(labels)
     probs_a, probs_b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
-    if probs_a.shape != probs_b.shape or len(labels) != len(probs_a):
+    if probs_a.shape[-2:] != probs_b.shape[-2:] or len(labels) != probs_a.shape[-2]:
         raise ValueError("a paired comparison needs predictions for the same test images")
-    n_classes, k = probs_a.shape[1], INTERVAL_METRICS.index(metric)
+    n_classes, only = probs_a.shape[-1], (metric,)
     every = np.arange(len(labels))
-    diff = float(_metrics(labels, probs_a, every, n_classes)[k] - _metrics(labels, probs_b, every, n_classes)[k])
-    result = _bootstrap(lambda idx: _metrics(labels, probs_a, idx, n_classes)[k] - _metrics(labels, probs_b, idx, n_classes)[k],
+    diff = float(_metrics(labels, probs_a, every, n_classes, only)[0] - _metrics(labels, probs_b, every, n_classes, only)[0])
+    result = _bootstrap(lambda idx: _metrics(labels, probs_a, idx, n_classes, only)[0] - _metrics(labels, probs_b, idx, n_classes, only)[0],
                         labels, n_classes, seed)
     draws = result.bootstrap_distribution
     if np.allclose(draws, 0):
@@ -142,7 +149,12 @@ def compare(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, metric
         p = float(min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean())))
     low, high = result.confidence_interval
     return Comparison(metric, Interval(diff, float(low), float(high)), p,
-                      mcnemar_p(labels, probs_a.argmax(1), probs_b.argmax(1)), len(labels))
+                      mcnemar_p(labels, _first(probs_a).argmax(1), _first(probs_b).argmax(1)), len(labels))
+
+
+def _first(probs: np.ndarray) -> np.ndarray:
+    """McNemar compares two classifiers' answers: of stacked predictions, the first seed's (the search trial's)."""
+    return probs[0] if probs.ndim == 3 else probs
 
 
 def holm(comparisons: list[Comparison]) -> list[Comparison]:

@@ -183,9 +183,10 @@ class Tracker:
             with open(path) as f:
                 return json.load(f)
 
-    def confirm_seeds_done(self, experiment_id: str, run_id: str) -> set[int]:
-        runs = self.client.search_runs([experiment_id], layout.where(finished=True, confirm_of=run_id))
-        return {int(r.data.params["seed"]) for r in runs}
+    def confirm_runs(self, experiment_id: str, run_id: str) -> dict[int, Any]:
+        """The finished confirmation runs of trial run ``run_id``, by seed."""
+        runs = self.client.search_runs([experiment_id], layout.where(layout.CONFIRM, finished=True, confirm_of=run_id))
+        return {int(r.data.params["seed"]): r for r in runs}
 
     def store_leaderboard(self, dataset: str, csv_text: str, markdown: str, note: str) -> None:
         """Keep the dataset's leaderboard as artifacts of a 'leaderboard' run in its experiment."""

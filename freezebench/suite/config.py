@@ -61,6 +61,31 @@ class BackboneRef:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """The confirmation set: after the search, these configurations are trained again with other seeds and
+    ranked by their mean. ``top`` best trials on validation, plus (``references``) the best trial of each
+    strategy searched (linear probing and full fine-tuning among them when searched). ``seeds`` extra seeds:
+    a count (the first integers other than the trial's own seed) or the seeds themselves."""
+
+    top: int = 3
+    references: bool = True
+    seeds: int | tuple[int, ...] = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.top or self.references) and bool(self.seeds)
+
+    def seeds_for(self, own: int) -> tuple[int, ...]:
+        """The extra seeds of a configuration first trained with seed ``own``."""
+        if isinstance(self.seeds, tuple):
+            return tuple(s for s in self.seeds if s != own)
+        return tuple(s for s in range(self.seeds + 1) if s != own)[: self.seeds]
+
+
+OFF = Confirm(top=0, references=False, seeds=0)
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     datasets: tuple[DatasetRef, ...]
@@ -74,8 +99,7 @@ class Suite:
     description: str = ""
     data_root: str | None = None
     prune_on: str = "loss"
-    confirm_top: int = 0
-    confirm_seeds: tuple[int, ...] = ()
+    confirm: Confirm = Confirm()  # on by default
 
 
 @dataclass(frozen=True)
@@ -209,17 +233,37 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
 
 
 def _confirm(ctx: _Ctx, key: str, value) -> dict:
-    """confirm = { top = 3, seeds = [1, 2, 3] }: re-run the best trials with other seeds."""
+    """confirm = { top = 3, references = true, seeds = 2 } (the default), seeds = [5, 6], or false (off)."""
     if value is None:
         return {}
-    if not isinstance(value, dict) or set(value) - {"top", "seeds"}:
-        ctx.fail(key, "must be a table { top = N, seeds = [...] }")
-    top, seeds = value.get("top", 3), value.get("seeds", [1, 2])
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        ctx.fail(f"{key}.top", f"must be an integer >= 1, got {top!r}")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds):
-        ctx.fail(f"{key}.seeds", f"must be a list of integers >= 0, got {seeds!r}")
-    return {"confirm_top": top, "confirm_seeds": tuple(seeds)}
+    if value is False:
+        return {"confirm": OFF}
+    shape = "a table { top = 3, references = true, seeds = 2 }, or false to switch confirmation off"
+    if not isinstance(value, dict):
+        ctx.fail(key, f"must be {shape}, got {value!r}")
+    for k in set(value) - {"top", "references", "seeds"}:
+        ctx.fail(f"{key}.{k}", f"unknown key; expected top, references or seeds ({shape})")
+    default = Confirm()
+    top, references, seeds = (value.get("top", default.top), value.get("references", default.references),
+                              value.get("seeds", default.seeds))
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not count(top):
+        ctx.fail(f"{key}.top", f"must be an integer >= 0 (0: only the references), got {top!r}")
+    if not isinstance(references, bool):
+        ctx.fail(f"{key}.references", f"must be true or false, got {references!r}")
+    if isinstance(seeds, list):
+        if not seeds or not all(map(count, seeds)) or len(set(seeds)) != len(seeds):
+            ctx.fail(f"{key}.seeds", f"must be a count of extra seeds or a list of distinct integers >= 0, got {seeds!r}")
+        seeds = tuple(seeds)
+    elif not count(seeds) or seeds < 1:
+        ctx.fail(f"{key}.seeds", f"must be a count of extra seeds (>= 1) or a list of seeds, got {seeds!r}; "
+                                 "to switch confirmation off write confirm = false")
+    if not top and not references:
+        ctx.fail(key, "confirms nothing with top = 0 and references = false; write confirm = false to switch it off")
+    return {"confirm": Confirm(top, references, seeds)}
 
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@ -]*$")
@@ -332,3 +376,44 @@ def _param(ctx: _Ctx, key: str, name: str, value, strategy_params: dict[str, str
         return Range(low, high, log, value.get("step"))
     return _check_value(ctx, key, name, value)
 
+
+
+def _toml(value) -> str:
+    """A TOML literal for the values a suite holds (strings, numbers, booleans, lists, inline tables)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items() if v is not None) + " }"
+    return _toml(str(value))
+
+
+def suite_toml(suite: Suite) -> str:
+    """The suite as it ran, every default filled in, as TOML: ``freezebench report`` shows it, and
+    ``load_config`` reads it back to the same suite."""
+    def spec(v):
+        if isinstance(v, Choice):
+            return list(v.values)
+        if isinstance(v, Range):
+            return {"low": v.low, "high": v.high, **({"log": True} if v.log else {}), "step": v.step}
+        return v
+
+    datasets = [{"name": d.name, "alias": d.alias, **d.options} for d in suite.datasets]
+    backbones = [{"name": b.name, "weights": b.weights, "sha256": b.sha256} for b in suite.backbones]
+    c = suite.confirm
+    key = suite.name if re.fullmatch(r"[A-Za-z0-9_-]+", suite.name) else _toml(suite.name)
+    lines = [f"[suites.{key}]", f"description = {_toml(suite.description)}",
+             f"datasets = {_toml(datasets)}", f"backbones = {_toml(backbones)}",
+             *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed")),
+             *([f"data_root = {_toml(suite.data_root)}"] if suite.data_root else []),
+             "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds}) if c.enabled else "false"),
+             "", f"[suites.{key}.params]",
+             *(f"{k} = {_toml(spec(v))}" for k, v in suite.params.items())]
+    return "\n".join(lines) + "\n"

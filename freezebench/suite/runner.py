@@ -27,6 +27,8 @@ from ..results import layout, stats
 from ..results.figures import test_figures
 from ..results.leaderboard import store as store_leaderboard
 from ..results.tracking import Tracker
+from .config import suite_toml
+from .confirmation import Candidate, members
 from .preparation import PreparedSuite, StudyPlan
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
@@ -157,6 +159,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         lambda: tracker.study_run(experiment_id, plan.name, base_tags, parent_params),
     )
     tracker.reopen(parent)
+    tracker.client.log_text(parent, suite_toml(suite), layout.SUITE_TOML)
 
     def close_stale() -> None:  # killed mid-trial: its MLflow run is closed, its settings are queued again
         for stale in fail_stale(study):
@@ -232,8 +235,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     except BaseException:
         tracker.client.set_terminated(parent, "KILLED")
         raise
-    if suite.confirm_top:
-        confirm_top(study, plan, suite, tracker, experiment_id, parent, weights, cache, reporter)
+    if suite.confirm.enabled:
+        confirm_set(study, plan, suite, tracker, experiment_id, parent, weights, cache, reporter)
     summary = summarize(study, plan, parent)
     tracker.finish_study(
         parent,
@@ -288,35 +291,54 @@ def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name
         close_stale()
 
 
-def confirm_top(study, plan: StudyPlan, suite, tracker, experiment_id: str, parent: str, weights, cache, reporter) -> None:
-    """Re-run the best ``confirm_top`` trials with each seed of ``confirm_seeds`` (once each, resumable)."""
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = sorted(complete, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")[: suite.confirm_top]
+def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, parent: str, weights, cache, reporter) -> None:
+    """Train the confirmation set (``confirmation.members``) again with each extra seed: once each, resumable.
+    Each confirmed configuration keeps one trained model (its search trial's, else its first re-run's)."""
+    runs = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials if t.state.name == "COMPLETE"}
+    found = {r.info.run_id: r for r in tracker.client.search_runs(
+        [experiment_id], layout.where(layout.TRIAL, finished=True, study=plan.name), max_results=5000)}
+    candidates = [Candidate(run_id, found[run_id].data.tags.get(layout.STRATEGY, "?"), t.value, t.number)
+                  for t in study.trials if t.state.name == "COMPLETE" and (run_id := runs[t.number]) in found]
+    chosen = members(candidates, suite.confirm, study.direction.name == "MAXIMIZE")
     strategies = plugins.strategies()
-    for t in best:
-        source = tracker.client.get_run(t.user_attrs["mlflow_run_id"])
+    if chosen:
+        reporter.note(plan.name, f"confirming {len(chosen)} configuration(s) with extra seeds: "
+                                 + "; ".join(f"{found[c.run_id].info.run_name} ({why})" for c, why in chosen))
+    for candidate, why in chosen:
+        source = found[candidate.run_id]
         cfg = _config_of(tracker, source)
-        done = tracker.confirm_seeds_done(experiment_id, source.info.run_id)
-        for seed in suite.confirm_seeds:
-            if seed in done or seed == cfg.seed:
+        done = tracker.confirm_runs(experiment_id, source.info.run_id)
+        has_model = source.data.tags.get(layout.MODEL) == "kept" or any(
+            r.data.tags.get(layout.MODEL) == "kept" for r in done.values())
+        for seed in suite.confirm.seeds_for(cfg.seed):
+            if seed in done:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
-            tags = {**{k: v for k, v in source.data.tags.items() if k.startswith(layout.tag("")) and k != layout.ROLE},
-                    layout.CONFIRM_OF: source.info.run_id}
+            tags = {**{k: v for k, v in source.data.tags.items()
+                       if k.startswith(layout.tag("")) and k not in (layout.ROLE, layout.MODEL, layout.STATE)},
+                    layout.CONFIRM_OF: source.info.run_id, layout.CONFIRM_WHY: why}
             run_id = tracker.start_trial(experiment_id, parent, f"{source.info.run_name} seed={seed}", tags,
                                          {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id}, role=layout.CONFIRM)
-            reporter.trial_started(plan.name, t.number, run_cfg)
+            reporter.trial_started(plan.name, candidate.number, run_cfg)
             try:
                 result = run_trial(run_cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache,
                                    lambda e, r, _id=run_id: tracker.log_epoch(_id, e, r))
-            except (UserError, KeyboardInterrupt):
-                tracker.end_trial(run_id, "failed", "interrupted")
+            except KeyboardInterrupt:
+                tracker.end_trial(run_id, "interrupted", "interrupted (Ctrl-C or a stop signal); it runs again next time")
                 raise
-            except Exception as exc:  # a failed confirmation is recorded, the others go on
+            except UserError as exc:
                 tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                raise
+            except Exception as exc:  # a failed confirmation is recorded, the others go on (and it is retried next time)
+                tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
+                reporter.trial_ended(plan.name, candidate.number, f"confirmation failed (seed {seed})", None, f"{type(exc).__name__}: {exc}")
                 continue
-            _record(tracker, run_id, result)
-            reporter.trial_ended(plan.name, t.number, f"confirmed (seed {seed})", result.outcome.best_val[plan.suite.metric])
+            keep = None if has_model else {"dataset": plan.dataset_ref.label, "study": plan.name,
+                                           "optuna_trial": candidate.number, "selected_on": f"confirmation ({why})"}
+            _record(tracker, run_id, result, keep)
+            has_model = True
+            reporter.trial_ended(plan.name, candidate.number, f"confirmed (seed {seed}, {why})",
+                                 result.outcome.best_val[plan.suite.metric])
 
 
 def _config_of(tracker: Tracker, run) -> TrialConfig:

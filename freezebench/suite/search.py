@@ -111,9 +111,16 @@ def grid_size(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> in
     return math.prod(len(v) for v in grid_space(suite, strategies, n_units).values())
 
 
+# On 50-500 validation images one epoch's value is noisy: the median pruner waits for 5 finished trials and
+# 2 epochs, and (PatientPruner) prunes only after 2 more epochs without improvement, not on one bad epoch.
+MEDIAN_STARTUP_TRIALS, MEDIAN_WARMUP_EPOCHS, PATIENCE_EPOCHS = 5, 2, 2
+
+
 def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
     if suite.pruner == "median":
-        return optuna.pruners.MedianPruner(n_warmup_steps=1)
+        return optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS),
+            patience=PATIENCE_EPOCHS)
     if suite.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner()
     return optuna.pruners.NopPruner()

@@ -1,0 +1,191 @@
+"""The confirmation set (issue "The answer"): after the search, the top configurations and the best of
+each strategy are trained again with extra seeds; the leaderboard ranks confirmed configurations by their
+mean, marks which rows are tied with the first, and the recommendation is its first row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freezebench.errors import UserError
+from freezebench.results import stats
+from freezebench.results.evidence import add_evidence
+from freezebench.suite.config import OFF, Confirm, parse_config
+from freezebench.suite.confirmation import Candidate, members
+
+from .conftest import write_suite
+
+
+def _c(run_id, strategy, value, number):
+    return Candidate(run_id, strategy, value, number)
+
+
+def test_members_are_the_top_and_the_best_of_each_strategy_once_each():
+    trials = [_c("a", "freeze_to", 0.90, 0), _c("b", "freeze_to", 0.95, 1), _c("c", "full", 0.70, 2),
+              _c("d", "linear_probe", 0.80, 3), _c("e", "full", 0.85, 4), _c("f", "freeze_to", 0.92, 5)]
+    got = members(trials, Confirm(top=2, references=True, seeds=2), maximize=True)
+    assert [(c.run_id, why) for c, why in got] == [("b", "top 1"), ("f", "top 2"), ("e", "best of full"),
+                                                    ("d", "best of linear_probe")]
+    assert [c.run_id for c, _ in members(trials, Confirm(top=2, references=False), maximize=True)] == ["b", "f"]
+    assert [c.run_id for c, _ in members(trials, Confirm(top=1), maximize=False)] == ["c", "d", "a"]  # lower is better
+    assert members(trials, OFF, maximize=True) == []
+
+
+def test_members_break_ties_by_the_earlier_trial():
+    trials = [_c("late", "full", 0.9, 7), _c("early", "full", 0.9, 2)]
+    assert [c.run_id for c, _ in members(trials, Confirm(top=1, references=False), maximize=True)] == ["early"]
+
+
+def test_extra_seeds_never_repeat_the_trial_seed():
+    assert Confirm(seeds=2).seeds_for(0) == (1, 2)
+    assert Confirm(seeds=2).seeds_for(1) == (0, 2)
+    assert Confirm(seeds=(3, 4)).seeds_for(4) == (3,)
+
+
+def _suite(confirm_line: str | None) -> dict:
+    text = {"datasets": ["breastmnist"], "backbones": ["mobilenetv2_100"], "params": {"strategy": "full", "lr": 0.01}}
+    if confirm_line is not None:
+        import tomllib
+
+        text["confirm"] = tomllib.loads(f"confirm = {confirm_line}")["confirm"]
+    return {"suites": {"s": text}}
+
+
+def test_confirmation_is_on_by_default_and_configurable():
+    parse = lambda line: parse_config(_suite(line), Path("bench.toml"), {}).suites["s"].confirm  # noqa: E731
+    assert parse(None) == Confirm(top=3, references=True, seeds=2) and parse(None).enabled
+    assert parse("false") == OFF and not OFF.enabled
+    assert parse("{ top = 0, seeds = [7, 8] }") == Confirm(top=0, references=True, seeds=(7, 8))
+    assert parse("{ top = 5, references = false, seeds = 1 }") == Confirm(5, False, 1)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("true", "suites.s.confirm: must be a table { top = 3, references = true, seeds = 2 }, or false"),
+    ("{ top = -1 }", "suites.s.confirm.top: must be an integer >= 0"),
+    ("{ seeds = 0 }", "suites.s.confirm.seeds: must be a count of extra seeds (>= 1) or a list of seeds"),
+    ("{ seeds = [1, 1] }", "suites.s.confirm.seeds: must be a count of extra seeds or a list of distinct integers"),
+    ("{ references = 'yes' }", "suites.s.confirm.references: must be true or false"),
+    ("{ top = 0, references = false }", "suites.s.confirm: confirms nothing"),
+    ("{ tops = 3 }", "suites.s.confirm.tops: unknown key"),
+])
+def test_confirmation_mistakes_are_named(line, expected):
+    with pytest.raises(UserError) as err:
+        parse_config(_suite(line), Path("bench.toml"), {})
+    assert f"bench.toml: {expected}" in str(err.value)
+
+
+class _Fixed:
+    """Predictions by run id, as the leaderboard would load them."""
+
+    def __init__(self, labels, by_run):
+        self.labels, self.by_run = labels, by_run
+
+    def row(self, row):
+        stack = [self.by_run[r] for r in [row["run_id"], *row.get("seed_run_ids", [])]]
+        return self.labels, np.stack(stack)
+
+
+def test_identical_rows_are_tied_with_the_first_and_a_bad_one_is_not():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 80)
+    good = np.where(labels == 1, 0.6 + 0.4 * rng.random(160), 0.4 * rng.random(160))
+    good = np.stack([1 - good, good], 1)
+    noise = rng.random(160)
+    bad = np.stack([1 - noise, noise], 1)
+    rows = [{"run_id": "first", "confirmed": False}, {"run_id": "same", "confirmed": False},
+            {"run_id": "bad", "confirmed": False}]
+    add_evidence(None, rows, _Fixed(labels, {"first": good, "same": good.copy(), "bad": bad}))
+    assert [r["tied_with_first"] for r in rows] == [True, True, False]
+    assert rows[1]["vs_first_auc"] == 0 and rows[1]["vs_first_p"] == 1.0
+    assert rows[2]["vs_first_auc"] < 0 and rows[2]["vs_first_p"] < 0.05
+
+
+def test_a_confirmed_row_interval_is_the_bootstrap_of_its_seed_mean():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 60)
+    seeds = []
+    for _ in range(3):
+        s = np.clip(labels * 0.3 + 0.35 + 0.3 * rng.random(120), 0, 1)
+        seeds.append(np.stack([1 - s, s], 1))
+    rows = [{"run_id": "a", "seed_run_ids": ["b", "c"], "confirmed": True}]
+    add_evidence(None, rows, _Fixed(labels, dict(zip("abc", seeds))))
+    per_seed = [stats.point_metrics(labels, p)["auc"] for p in seeds]
+    assert rows[0]["test_auc"] == pytest.approx(np.mean(per_seed))
+    assert rows[0]["test_auc_ci"] == pytest.approx([stats.intervals(labels, np.stack(seeds))["auc"].low,
+                                                    stats.intervals(labels, np.stack(seeds))["auc"].high])
+    assert rows[0]["test_auc_ci"][0] <= rows[0]["test_auc"] <= rows[0]["test_auc_ci"][1]
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory, tiny_npz):
+    """4 trials of 3 strategies, confirmed with the default membership (top 3 + best of each) and 1 extra seed."""
+    tmp = tmp_path_factory.mktemp("confirm")
+    config = write_suite(tmp / "bench.toml", tiny_npz, n_trials=4, confirm="{ seeds = 1 }")
+    results = tmp / "results"
+    argv = [sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    return results, proc.stdout, argv
+
+
+def _runs(results, role):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    return client, client.search_runs([exp.experiment_id], f"tags.`freezebench.role` = '{role}'")
+
+
+def test_the_confirmation_set_is_trained_once_per_member_and_seed(confirmed):
+    results, out, argv = confirmed
+    client, trials = _runs(results, "trial")
+    _, confirms = _runs(results, "confirm")
+    trials = [t for t in trials if t.data.tags.get("freezebench.state") == "complete"]
+    expected = members([Candidate(t.info.run_id, t.data.params["strategy"], t.data.metrics["best_val_f1"],
+                                  int(t.data.tags["freezebench.optuna_trial"])) for t in trials], Confirm(seeds=1), True)
+    assert sorted((r.data.tags["freezebench.confirm_of"], r.data.params["seed"]) for r in confirms) == \
+        sorted((c.run_id, "1") for c, _ in expected)  # every member once, with its one extra seed, and nothing else
+    for r in confirms:
+        source = client.get_run(r.data.tags["freezebench.confirm_of"])
+        assert {k: v for k, v in r.data.params.items() if k not in ("seed", "confirm_of")} == \
+            {k: v for k, v in source.data.params.items() if k in r.data.params and k not in ("seed", "confirm_of")}
+    kept = {}
+    for r in trials + confirms:  # every confirmed configuration keeps exactly one trained model
+        if r.data.tags.get("freezebench.model") == "kept":
+            key = r.data.tags.get("freezebench.confirm_of", r.info.run_id)
+            kept[key] = kept.get(key, 0) + 1
+    assert all(kept.get(c.run_id) == 1 for c, _ in expected)
+
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert again.returncode == 0 and "confirmed (seed" not in again.stdout  # done: resumed, not repeated
+    assert len(_runs(results, "confirm")[1]) == len(confirms)
+
+
+def test_the_leaderboard_ranks_confirmed_configurations_by_their_mean(confirmed, cli):
+    results, out, _ = confirmed
+    code, text, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    rows = json.loads(text)
+    confirmed_rows = [r for r in rows if r["confirmed"]]
+    assert rows[: len(confirmed_rows)] == confirmed_rows  # confirmed first
+    means = [r["val_f1"] for r in confirmed_rows]
+    assert means == sorted(means, reverse=True)
+    client, _ = _runs(results, "trial")
+    for r in confirmed_rows:
+        values = [client.get_run(i).data.metrics["best_val_f1"] for i in [r["run_id"], *r["seed_run_ids"]]]
+        assert r["seeds"] == 2 and r["val_f1"] == pytest.approx(np.mean(values))
+        assert r["test_auc_ci"][0] <= r["test_auc"] <= r["test_auc_ci"][1]
+    assert rows[0]["tied_with_first"] is True
+    assert all(r["tied_with_first"] in (True, False) and 0 <= r["vs_first_p"] <= 1 for r in rows[1:])
+
+    from freezebench.results.recommend import recommendations
+    from freezebench.results.tracking import Tracker
+
+    (rec,) = recommendations(Tracker(f"sqlite:///{results / 'mlflow.db'}"), "tinybreast", "f1")
+    assert rec.best["run_id"] == rows[0]["run_id"] and rec.model_run_id in [rows[0]["run_id"], *rows[0]["seed_run_ids"]]
+    assert f"over 2 seeds" in " ".join(out.split()) and "mean of 2 seeds" in " ".join(out.split())
