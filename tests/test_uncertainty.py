@@ -157,3 +157,15 @@ def test_the_recommendation_leads_and_is_the_paired_test(three_strategies, cli):
         assert comparison.difference == again.difference and comparison.p_holm >= again.p_value
         assert f"vs {ref} (lr 0.003): AUC {comparison.difference.value:+.3f}" in text
     assert rec.intervals["auc"].value == pytest.approx(best.data.metrics["test_auc"])
+
+
+def test_resampled_auc_equals_scikit_learn_on_every_resample_with_ties():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(120) < 0.3).astype(int)
+    scores = np.round(rng.normal(labels, 1.0), 1)  # rounded: many tied scores, across classes too
+    idx = rng.integers(0, 120, (40, 120))
+    got = stats._resampled_auc(scores, labels == 1, idx)
+    assert np.allclose(got, [roc_auc_score(labels[i], scores[i]) for i in idx], atol=1e-12)
+    three = rng.integers(0, 3, 90)
+    probs = rng.dirichlet([1, 1, 1], 90)
+    assert stats.point_metrics(three, probs)["auc"] == pytest.approx(roc_auc_score(three, probs, multi_class="ovr"))

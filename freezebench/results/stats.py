@@ -44,10 +44,7 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, idx: np.ndarray, n_classes: 
     (len(names), ...). Stacked predictions (S, N, C): the mean over the S seeds."""
     if probs.ndim == 3:
         return np.mean([_metrics(labels, p, idx, n_classes, names) for p in probs], axis=0)
-    from scipy.stats import rankdata
-
-    y, p = labels[idx], probs[idx]  # (..., N), (..., N, C)
-    pred = p.argmax(-1)
+    y, pred = labels[idx], probs.argmax(-1)[idx]  # (..., N)
     per_class = {"balanced_accuracy": [], "f1": [], "auc": []}
     for c in range(n_classes):
         is_c, pred_c = y == c, pred == c
@@ -58,11 +55,24 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, idx: np.ndarray, n_classes: 
             per_class["balanced_accuracy"].append(tp / np.maximum(is_c.sum(-1), 1))
             per_class["f1"].append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))
         if "auc" in names and not (n_classes == 2 and c == 0):  # binary AUC: the positive class only
-            ranks = rankdata(p[..., c], axis=-1)  # Mann-Whitney: AUC from the ranks of the positives
-            n_pos = is_c.sum(-1)
-            n_neg = is_c.shape[-1] - n_pos
-            per_class["auc"].append(((ranks * is_c).sum(-1) - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1))
+            per_class["auc"].append(_resampled_auc(probs[:, c], labels == c, idx))
     return np.stack([(pred == y).mean(-1) if name == "accuracy" else np.mean(per_class[name], 0) for name in names])
+
+
+def _resampled_auc(scores: np.ndarray, positive: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The Mann-Whitney AUC (ties count half) of ``scores`` for the ``positive`` images, for each resample
+    ``idx`` of shape (..., N): from how many times each image is drawn, with no sort per resample."""
+    n = len(scores)
+    flat = idx.reshape(-1, idx.shape[-1])
+    rows = np.arange(flat.shape[0])[:, None]
+    counts = np.bincount((rows * n + flat).ravel(), minlength=flat.shape[0] * n).reshape(flat.shape[0], n).astype(float)
+    _, level = np.unique(scores, return_inverse=True)  # images with equal scores share a level
+    onehot = np.zeros((n, level.max() + 1))
+    onehot[np.arange(n), level] = 1
+    pos, neg = counts @ (onehot * positive[:, None]), counts @ (onehot * ~positive[:, None])  # (resamples, levels)
+    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each level
+    wins = (pos * (below + 0.5 * neg)).sum(1)
+    return (wins / np.maximum(pos.sum(1) * neg.sum(1), 1)).reshape(idx.shape[:-1])
 
 
 def point_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
