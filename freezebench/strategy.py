@@ -3,15 +3,64 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 from .errors import UserError
 from .records import BN_POLICIES, DEFAULTS
 
-__all__ = ["BN_POLICIES", "PARAM_FILTERS", "StrategyParam", "Phase", "FreezePlan", "Strategy", "InvalidParams",
-           "plan_from_frozen", "parse_window", "resolve_strategy_params"]
+__all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "StrategyParam", "Phase",
+           "FreezePlan", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
 
-PARAM_FILTERS = ("all", "bias")
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of a backbone, as a selector sees it: its full name in the model
+    ("blocks.1.0.conv_dw.weight"), the module that owns it (a ``torch.nn.Module``), and its unit."""
+
+    name: str
+    module: Any
+    unit: str
+
+    @property
+    def leaf(self) -> str:
+        """The parameter's own name in its module: "weight", "bias"."""
+        return self.name.rsplit(".", 1)[-1]
+
+
+Selector = Callable[[ParamInfo], bool]
+
+
+def _norm(p: ParamInfo) -> bool:
+    from torch import nn
+
+    return isinstance(p.module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+
+
+def _depthwise(p: ParamInfo) -> bool:
+    from torch import nn
+
+    m = p.module
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+# Named selectors a plan may give as ``param_filter``: which parameters of its trainable units train.
+SELECTORS: dict[str, Selector] = {
+    "all": lambda p: True,
+    "bias": lambda p: p.leaf == "bias",  # BitFit (Ben Zaken et al. 2022)
+    "norm": _norm,  # BatchNorm / LayerNorm / GroupNorm affine weights and biases ("K for the price of 1")
+    "depthwise": _depthwise,  # the depthwise convolutions of MobileNet-style blocks (weights and biases)
+}
+PARAM_FILTERS = tuple(SELECTORS)
+
+
+def selector(param_filter: "str | Selector") -> Selector:
+    """The predicate behind a plan's ``param_filter``: a named selector, or the plan's own callable."""
+    if callable(param_filter):
+        return param_filter
+    if param_filter not in SELECTORS:
+        raise ValueError(f"param_filter must be one of {', '.join(SELECTORS)} or a callable(ParamInfo) -> bool, "
+                         f"not {param_filter!r}")
+    return SELECTORS[param_filter]
 
 
 @dataclass(frozen=True)
@@ -46,7 +95,9 @@ class FreezePlan:
 
     ``frozen`` units start frozen; ``phases`` may unfreeze some of them later (gradual unfreezing,
     LP-FT). The new classification head always trains, at ``head_lr_mult`` x the base LR.
-    ``param_filter="bias"`` trains only the biases of trainable units (BitFit). ``l2_sp`` > 0
+    ``param_filter`` says which parameters of the trainable units train: a named selector of
+    ``SELECTORS`` ("all", "bias" for BitFit, "norm", "depthwise") or a callable ``(ParamInfo) -> bool``
+    over a parameter's name, owning module and unit. ``l2_sp`` > 0
     adds alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights to the loss (L2-SP).
     """
 
@@ -57,7 +108,7 @@ class FreezePlan:
     pretrained: bool = True
     lr_mult: Mapping[str, float] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()
-    param_filter: str = "all"
+    param_filter: Union[str, Selector] = "all"
     l2_sp: float = 0.0
 
     @property
@@ -76,7 +127,8 @@ class FreezePlan:
             "pretrained": self.pretrained,
             "lr_mult": dict(self.lr_mult),
             "phases": [{"epoch": p.epoch, "unfreeze": list(p.unfreeze), "lr_scale": p.lr_scale} for p in self.phases],
-            "param_filter": self.param_filter,
+            "param_filter": self.param_filter if isinstance(self.param_filter, str) else
+            getattr(self.param_filter, "__qualname__", repr(self.param_filter)),
             "l2_sp": self.l2_sp,
         }
 

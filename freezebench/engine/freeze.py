@@ -7,7 +7,7 @@ from typing import Iterable
 from torch import nn
 
 from ..backbone import Backbone
-from ..strategy import BN_POLICIES, PARAM_FILTERS, FreezePlan
+from ..strategy import BN_POLICIES, FreezePlan, ParamInfo, selector
 from ..torch_compat import import_timm
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -30,21 +30,27 @@ def frozen_bn_modules(backbone: Backbone, plan: FreezePlan) -> list[str]:
     return out
 
 
+def owners(model: nn.Module) -> dict[str, nn.Module]:
+    """Each parameter's name -> the module that holds it."""
+    return {f"{m_name}.{p_name}" if m_name else p_name: module
+            for m_name, module in model.named_modules() for p_name, _ in module.named_parameters(recurse=False)}
+
+
 def unit_trainable_params(backbone: Backbone, plan: FreezePlan, units: Iterable[str]) -> list[str]:
-    """Parameter names of ``units`` that train under the plan's parameter filter (BitFit: biases)."""
+    """Parameter names of ``units`` that train under the plan's selector (``param_filter``)."""
     wanted = set(units)
-    names = [p for u in backbone.units if u.name in wanted for p in u.params]
-    if plan.param_filter == "bias":
-        names = [p for p in names if p.endswith("bias")]
-    return names
+    pairs = [(u.name, p) for u in backbone.units if u.name in wanted for p in u.params]
+    if plan.param_filter == "all":
+        return [p for _, p in pairs]
+    select, held_by = selector(plan.param_filter), owners(backbone.model)
+    return [p for unit, p in pairs if select(ParamInfo(p, held_by[p], unit))]
 
 
 def apply_plan(backbone: Backbone, plan: FreezePlan) -> None:
     """Set the plan's starting state in place: what trains, and BatchNorm in frozen units."""
     if plan.bn_policy not in BN_POLICIES:
         raise ValueError(f"bn_policy must be one of {BN_POLICIES}, not {plan.bn_policy!r}")
-    if plan.param_filter not in PARAM_FILTERS:
-        raise ValueError(f"param_filter must be one of {PARAM_FILTERS}, not {plan.param_filter!r}")
+    selector(plan.param_filter)  # a named selector, or a callable: checked before anything changes
     named = {u for p in plan.phases for u in p.unfreeze} | set(plan.frozen) | set(plan.trainable)
     unknown = named - set(backbone.unit_names())
     if unknown:
