@@ -8,7 +8,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 from .errors import UserError
 from .records import BN_POLICIES, DEFAULTS
 
-__all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "StrategyParam", "Phase",
+__all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "UnitStats", "Decision",
+           "Controller", "StrategyParam", "Phase",
            "FreezePlan", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
 
 
@@ -64,6 +65,44 @@ def selector(param_filter: "str | Selector") -> Selector:
 
 
 @dataclass(frozen=True)
+class UnitStats:
+    """One unit over one epoch, as a controller sees it. Norms are L2 norms over the unit's parameters
+    that train under the plan's selector: ``grad_norm`` the mean over the epoch's steps of the gradient's
+    norm (0 for a frozen unit), ``weight_norm`` at the epoch's end, ``update_norm`` of how far the
+    weights moved during the epoch."""
+
+    unit: str
+    trainable: bool
+    grad_norm: float
+    weight_norm: float
+    update_norm: float
+    lr_mult: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a controller changes after an epoch, from the next epoch on: units to ``freeze`` (they leave
+    the optimizer and stay bit-identical from then on) or ``unfreeze`` (they join it), and new LR
+    multipliers (``lr_mult``: unit -> multiple of the base LR). ``reason`` is recorded with it."""
+
+    freeze: tuple[str, ...] = ()
+    unfreeze: tuple[str, ...] = ()
+    lr_mult: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.freeze or self.unfreeze or self.lr_mult)
+
+
+class Controller(Protocol):
+    """Training-time control: a plan's ``controller`` is asked after every epoch, with every unit's
+    statistics and the epoch's record (``train_loss``, ``val_loss``, ``val_<metric>``). One controller
+    object serves one trial (``plan()`` makes a fresh one)."""
+
+    def after_epoch(self, epoch: int, stats: Mapping[str, UnitStats], record: Mapping[str, float]) -> Decision | None: ...
+
+
+@dataclass(frozen=True)
 class StrategyParam:
     """A parameter a strategy reads from the trial (set or searched in benchmarks.toml).
 
@@ -97,7 +136,8 @@ class FreezePlan:
     LP-FT). The new classification head always trains, at ``head_lr_mult`` x the base LR.
     ``param_filter`` says which parameters of the trainable units train: a named selector of
     ``SELECTORS`` ("all", "bias" for BitFit, "norm", "depthwise") or a callable ``(ParamInfo) -> bool``
-    over a parameter's name, owning module and unit. ``l2_sp`` > 0
+    over a parameter's name, owning module and unit. ``controller`` (a ``Controller``) may freeze,
+    unfreeze or rescale units after each epoch (adaptive strategies). ``l2_sp`` > 0
     adds alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights to the loss (L2-SP).
     """
 
@@ -110,6 +150,7 @@ class FreezePlan:
     phases: tuple[Phase, ...] = ()
     param_filter: Union[str, Selector] = "all"
     l2_sp: float = 0.0
+    controller: Any = None  # a Controller: decides during training; None for a static plan
 
     @property
     def never_trained(self) -> tuple[str, ...]:
@@ -130,6 +171,7 @@ class FreezePlan:
             "param_filter": self.param_filter if isinstance(self.param_filter, str) else
             getattr(self.param_filter, "__qualname__", repr(self.param_filter)),
             "l2_sp": self.l2_sp,
+            "controller": None if self.controller is None else type(self.controller).__name__,
         }
 
 

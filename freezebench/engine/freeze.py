@@ -13,6 +13,19 @@ from ..torch_compat import import_timm
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
+def keep_bn_in_eval(backbone: Backbone, unit: str) -> list:
+    """BatchNorm modules whose parameters all lie in ``unit`` run in inference mode from now on (their
+    running statistics stop changing); the hook handles, one per module."""
+    own = set(next(u for u in backbone.units if u.name == unit).params)
+    handles = []
+    for name, module in backbone.model.named_modules():
+        if isinstance(module, _BN_TYPES):
+            names = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+            if names and all(n in own for n in names):
+                handles.append(module.register_forward_pre_hook(_force_eval))
+    return handles
+
+
 def _force_eval(module: nn.Module, _inputs) -> None:
     # A parent's .train() resets child.training; re-assert inference mode on every call.
     module.training = False
@@ -82,18 +95,19 @@ def unit_groups(backbone: Backbone, plan: FreezePlan, units: Iterable[str], lr: 
     """
     params = dict(backbone.model.named_parameters())
     wanted = set(units)
-    by_mult: dict[float, list] = {}
+    per_unit = plan.controller is not None  # an adaptive plan may rescale any unit's LR later: a group per unit
+    groups: dict[object, dict] = {}
     for unit in backbone.units:
         if unit.name not in wanted:
             continue
         mult = float(plan.lr_mult.get(unit.name, 1.0))
         names = unit_trainable_params(backbone, plan, [unit.name])
-        by_mult.setdefault(mult, []).extend(params[n] for n in names if n in params)
-    return [
-        {"params": ps, "lr": lr * mult, "initial_lr": lr * mult, "weight_decay": weight_decay, "name": f"backbone x{mult:g}"}
-        for mult, ps in by_mult.items()
-        if ps
-    ]
+        group = groups.setdefault(unit.name if per_unit else mult, {
+            "params": [], "lr": lr * mult, "initial_lr": lr * mult, "weight_decay": weight_decay, "units": [],
+            "name": f"unit {unit.name}" if per_unit else f"backbone x{mult:g}"})
+        group["params"].extend(params[n] for n in names if n in params)
+        group["units"].append(unit.name)
+    return [g for g in groups.values() if g["params"]]
 
 
 def param_groups(backbone: Backbone, plan: FreezePlan, lr: float, weight_decay: float = 0.0) -> list[dict]:

@@ -1,5 +1,6 @@
 """Carry out a freeze plan during training: phases that unfreeze units (their parameters join the
-optimizer and the LR schedule), the LR schedule itself, and the L2-SP penalty."""
+optimizer and the LR schedule), the LR schedule itself, the L2-SP penalty, and an adaptive plan's
+controller (per-unit statistics each epoch; its decisions applied and recorded)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 
 from ..backbone import Backbone
 from ..records import LR_SCHEDULES
-from ..strategy import FreezePlan
-from .freeze import unit_groups, unit_trainable_params
+from ..strategy import Decision, FreezePlan, UnitStats
+from .freeze import keep_bn_in_eval, unit_groups, unit_trainable_params
 
 
 def schedule_factor(schedule: str, epoch: int, epochs: int, step: int = 10, gamma: float = 0.1) -> float:
@@ -44,6 +45,13 @@ class PlanExecutor:
             every = unit_trainable_params(backbone, plan, backbone.unit_names())
             params = dict(backbone.model.named_parameters())
             self._reference = {n: params[n].detach().clone() for n in every if n in params}
+        self.controller = plan.controller
+        if self.controller is not None:
+            self.lr_mult = {u: float(plan.lr_mult.get(u, 1.0)) for u in backbone.unit_names()}
+            self._selected = {u: unit_trainable_params(backbone, plan, [u]) for u in backbone.unit_names()}
+            self._grad_norm = {u: 0.0 for u in self._selected}
+            self._steps, self._start = 0, {}
+            self._bn_hooks: dict[str, list] = {}
 
     def begin_epoch(self, epoch: int) -> None:
         params = dict(self.backbone.model.named_parameters())
@@ -64,6 +72,81 @@ class PlanExecutor:
         factor = self.phase_scale * schedule_factor(self.schedule, epoch, self.epochs, self.step, self.gamma)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
+        if self.controller is not None:
+            self._start = {n: params[n].detach().clone() for names in self._selected.values() for n in names}
+            self._grad_norm = {u: 0.0 for u in self._selected}
+            self._steps = 0
+
+    def after_backward(self) -> None:
+        """An adaptive plan's gradient statistics: each unit's gradient norm, summed over the epoch's steps."""
+        if self.controller is None:
+            return
+        params = dict(self.backbone.model.named_parameters())
+        with torch.no_grad():
+            for unit, names in self._selected.items():
+                grads = [params[n].grad for n in names if params[n].grad is not None]
+                if grads:
+                    self._grad_norm[unit] += float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+        self._steps += 1
+
+    def end_epoch(self, epoch: int, record: dict[str, float]) -> None:
+        """Ask the controller, apply its decision from the next epoch on, and record it (in ``events``, and
+        ``trainable_units`` in the epoch's record)."""
+        if self.controller is None:
+            return
+        params = dict(self.backbone.model.named_parameters())
+        stats = {}
+        with torch.no_grad():
+            for unit, names in self._selected.items():
+                norm = lambda ts: float(torch.sqrt(sum((t.float() ** 2).sum() for t in ts))) if ts else 0.0  # noqa: E731
+                stats[unit] = UnitStats(
+                    unit, any(params[n].requires_grad for n in names), self._grad_norm[unit] / max(self._steps, 1),
+                    norm([params[n] for n in names]), norm([params[n] - self._start[n] for n in names]), self.lr_mult[unit])
+        decision = self.controller.after_epoch(epoch, stats, dict(record)) or Decision()
+        unknown = (set(decision.freeze) | set(decision.unfreeze) | set(decision.lr_mult)) - set(self._selected)
+        if unknown:
+            raise ValueError(f"the controller named units {sorted(unknown)} that backbone {self.backbone.name} lacks")
+        froze = [u for u in decision.freeze if stats[u].trainable]
+        for unit in froze:
+            self._freeze(unit, params)
+        unfroze = [u for u in decision.unfreeze if not stats[u].trainable and u not in froze]
+        for unit in unfroze:
+            self._unfreeze(unit, params)
+        rescaled = {}
+        for unit, mult in decision.lr_mult.items():
+            self.lr_mult[unit] = rescaled[unit] = float(mult)
+            for group in self.optimizer.param_groups:
+                if group.get("units") == [unit]:
+                    group["initial_lr"] = self.lr * float(mult)
+        record["trainable_units"] = float(sum(any(params[n].requires_grad for n in names) for names in self._selected.values()))
+        if froze or unfroze or rescaled:
+            self.events.append({"epoch": epoch, "froze": froze, "unfroze": unfroze, "lr_mult": rescaled,
+                                "reason": decision.reason, "from_epoch": epoch + 1})
+
+    def _freeze(self, unit: str, params: dict) -> None:
+        """``unit`` leaves the optimizer (with its momentum) and its BatchNorm statistics stop (unless bn_policy
+        is "train"): from now on it is bit-identical."""
+        members = [params[n] for n in self._selected[unit]]
+        ids = {id(p) for p in members}
+        for p in members:
+            p.requires_grad_(False)
+            p.grad = None
+            self.optimizer.state.pop(p, None)
+        for group in self.optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        if self.plan.bn_policy != "train" and unit not in self._bn_hooks:
+            self._bn_hooks[unit] = keep_bn_in_eval(self.backbone, unit)
+
+    def _unfreeze(self, unit: str, params: dict) -> None:
+        names = [n for n in self._selected[unit] if not params[n].requires_grad]
+        for n in names:
+            params[n].requires_grad_(True)
+        new_ids = {id(params[n]) for n in names}
+        for group in unit_groups(self.backbone, self.plan, [unit], self.lr, self.weight_decay):
+            group["params"] = [p for p in group["params"] if id(p) in new_ids]
+            group["initial_lr"] = group["lr"] = self.lr * self.lr_mult[unit]
+            if group["params"]:
+                self.optimizer.add_param_group(group)
 
     def penalty(self) -> torch.Tensor | None:
         """L2-SP: alpha/2 * sum ||w - w_pretrained||^2 over backbone weights that train now."""

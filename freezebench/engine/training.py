@@ -121,9 +121,13 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 total.backward()
+                if executor is not None:
+                    executor.after_backward()
                 optimizer.step()
             else:  # float16: scale the loss so small gradients do not underflow
                 scaler.scale(total).backward()
+                if executor is not None:
+                    executor.after_backward()  # (gradient norms in the scaled units: ratios are unchanged)
                 scaler.step(optimizer)
                 scaler.update()
             loss_sum += value * len(idx)
@@ -132,6 +136,8 @@ def train(
         if not math.isfinite(val["loss"]):
             raise DivergedError(f"non-finite validation loss in epoch {epoch}")
         record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
+        if executor is not None:
+            executor.end_epoch(epoch, record)  # an adaptive plan decides what trains from the next epoch on
         outcome.history.append(record)
         if (select == "last" and epoch == epochs) or (select == "best" and is_better(metric, val[metric], best_score)):
             best_score = val[metric]
