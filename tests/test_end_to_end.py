@@ -234,3 +234,17 @@ def test_top_configurations_confirmed_over_seeds(tmp_path, tiny_npz, cli):
     assert top["test_f1_ci"][0] <= top["test_f1"] <= top["test_f1_ci"][1]
     code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
     assert "confirmed (seed" not in out  # already done: resumed, not repeated
+
+
+def test_every_trial_records_its_cost(finished_suite):
+    """Trainable parameters, time per epoch and peak memory, so configurations can be compared on cost too."""
+    _, results, _ = finished_suite
+    client = _client(results)
+    exp = client.get_experiment_by_name("tinybreast")
+    for run in _trial_runs(client, exp.experiment_id):
+        m = run.data.metrics
+        epochs = sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"), key=lambda x: x.step)
+        assert len(epochs) == 2 and all(e.value > 0 for e in epochs)
+        assert m["epoch_time_s"] == pytest.approx(sum(e.value for e in epochs) / 2)
+        assert m["epoch_time_s"] < m["wall_time_s"] and 0 < m["trainable_params"] <= m["total_params"]
+        assert m["peak_memory_mb"] > 50 and run.data.tags["freezebench.peak_memory_of"] == "process max RSS"

@@ -95,6 +95,7 @@ def train(
     class_weight = inverse.to(compute.device) if balance == "loss" else None
     scaler = compute.scaler()
     for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
         if executor is not None:
             executor.begin_epoch(epoch)
         model.train()
@@ -135,7 +136,8 @@ def train(
         val = evaluate(model, val_data, norm, batch_size, compute)
         if not math.isfinite(val["loss"]):
             raise DivergedError(f"non-finite validation loss in epoch {epoch}")
-        record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
+        record = {"train_loss": loss_sum / max(seen, 1), **{f"val_{k}": v for k, v in val.items()},
+                  "epoch_seconds": time.perf_counter() - epoch_start}
         if executor is not None:
             executor.end_epoch(epoch, record)  # an adaptive plan decides what trains from the next epoch on
         outcome.history.append(record)

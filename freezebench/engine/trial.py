@@ -114,6 +114,8 @@ def fit(
     pixels = data  # the images, also after ``data`` becomes features
     steps, cut, note = _cache_plan(cfg, backbone, plan, data)  # on the host, before the move
     compute.model(backbone.model)  # before the optimizer and L2-SP references are made
+    if compute.cuda:
+        torch.cuda.reset_peak_memory_stats(compute.device)
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
@@ -168,6 +170,7 @@ def fit(
                                           data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
     state.test_images, state.test_labels, state.normalize = pixels["test"].images, pixels["test"].labels, pixel_norm
     artifacts = [out for outs in hooks.trial_trained(trial=state) if outs for out in outs]
+    peak, peak_of = _peak_memory(compute)
     return TrialResult(
         config=cfg,
         plan=plan,
@@ -185,7 +188,21 @@ def fit(
         class_names=tuple(dataset.classes),
         outputs=state.outputs,
         artifacts=artifacts,
+        peak_memory_mb=peak,
+        peak_memory_of=peak_of,
     )
+
+
+def _peak_memory(compute: Compute) -> tuple[float, str]:
+    """The trial's peak memory on a CUDA device; on the CPU the process's peak RSS so far (an upper bound:
+    the largest trial of the process so far, data included)."""
+    if compute.cuda:
+        return torch.cuda.max_memory_allocated(compute.device) / 2**20, "cuda allocated"
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process max RSS"
 
 
 def _as_float(features: torch.Tensor) -> torch.Tensor:

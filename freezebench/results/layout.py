@@ -39,6 +39,7 @@ FAIL_REASON = tag("fail_reason")
 FROZEN_UNITS = tag("frozen_units")
 PREFIX_CACHE = tag("prefix_cache")
 COMPUTE = tag("compute")
+PEAK_MEMORY_OF = tag("peak_memory_of")  # what metric peak_memory_mb measures: "cuda allocated" or "process max RSS"
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 

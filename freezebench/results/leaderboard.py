@@ -99,6 +99,8 @@ def _row(run, seeds: list, metric: str) -> dict:
         "degenerate": t.get(layout.DEGENERATE) == "true",
         "trainable_params": int(m.get("trainable_params", 0)),
         "wall_time_s": m.get("wall_time_s"),
+        "epoch_time_s": m.get("epoch_time_s"),
+        "peak_memory_mb": m.get("peak_memory_mb"),
         "run_id": run.info.run_id,
         "seed_run_ids": [r.info.run_id for r in seeds],
         "model_run_id": kept[0].info.run_id if kept else None,

@@ -121,7 +121,7 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         tags = {layout.FROZEN_UNITS: ",".join(result.plan.frozen) or "-", layout.PREFIX_CACHE: result.prefix_cache,
-                layout.COMPUTE: result.compute, **(tags or {})}
+                layout.COMPUTE: result.compute, layout.PEAK_MEMORY_OF: result.peak_memory_of or "-", **(tags or {})}
         out = result.outcome
         final = {
             **{layout.best_val(k): v for k, v in out.best_val.items()},
@@ -130,6 +130,9 @@ class Tracker:
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
             "wall_time_s": result.wall_seconds,
+            **({"epoch_time_s": sum(seconds) / len(seconds)}  # train + validation, per epoch
+               if (seconds := [h["epoch_seconds"] for h in out.history if "epoch_seconds" in h]) else {}),
+            **({"peak_memory_mb": result.peak_memory_mb} if result.peak_memory_mb is not None else {}),
             **(metrics or {}),
         }
         now = int(time.time() * 1000)
