@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(suite: str, seed: int, folder: Path) -> Path:
     """The shipped suite with another search seed, as a file of its own."""
+    from dataclasses import replace
+
     from freezebench import plugins
     from freezebench.suite.config import load_config, suite_toml
 
     declared = {p.name: e.name for e in plugins.strategies().entries() for p in getattr(e.obj, "params", ())}
     chosen = load_config(ROOT / "benchmarks.toml", declared).suite(suite)
-    text = suite_toml(chosen).replace("\nseed = 0\n", f"\nseed = {seed}\n", 1)
-    tomllib.loads(text)
     path = folder / f"{suite}-seed{seed}.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(suite_toml(replace(chosen, seed=seed)), encoding="utf-8")
     return path
 
 

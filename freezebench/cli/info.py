@@ -133,19 +133,15 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, strat
 
 
 def _parse_params(params: tuple[str, ...]) -> list[tuple[str, object]]:
+    """--param NAME=VALUE pairs, numbers as numbers (as MLflow params are read back)."""
+    from ..results.leaderboard import typed
+
     out = []
     for item in params:
         name, sep, text = item.partition("=")
         if not sep or not name:
             raise UserError(f"--param {item!r}: write NAME=VALUE, e.g. --param k=3")
-        value: object = text
-        for cast in (int, float):
-            try:
-                value = cast(text)
-                break
-            except ValueError:
-                pass
-        out.append((name.strip(), value))
+        out.append((name.strip(), typed(text)))
     return out
 
 

@@ -31,7 +31,6 @@ LEADERBOARD_COLUMNS = {
     "val": "val", "test_accuracy": "test acc\n[95% CI]", "test_auc": "test auc\n[95% CI]", "tie": "vs\nfirst",
     "test_f1": "test\nf1", "trainable_params": "trained\nparams", "wall_time_s": "time",
 }
-TIE_MARKS = {True: "tied", False: "worse", None: "-"}
 
 
 def _cell(c: str, r: dict, metric: str) -> str:
@@ -42,7 +41,9 @@ def _cell(c: str, r: dict, metric: str) -> str:
     if c == "val" and r.get("confirmed"):
         return f"{r[f'val_{metric}']:.3f}±{r[f'val_{metric}_std']:.3f} x{r['seeds']}"
     if c == "tie":
-        return "first" if r["rank"] == 1 else TIE_MARKS[r.get("tied_with_first")]
+        from ..results.leaderboard import versus_first
+
+        return versus_first(r, detail=False)
     return _fmt(c, r.get(c if c != "val" else f"val_{metric}"))
 
 
@@ -51,11 +52,15 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from rich import box
     from rich.table import Table
 
+    from ..results.evidence import Predictions
     from ..results.leaderboard import leaderboard
     from ..results.recommend import recommendations
 
-    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
-    for rec in recommendations(tracker, dataset, metric, suite):  # the answer first, then the evidence
+    predictions = Predictions(tracker.client)  # loaded once for the leaderboard and the recommendation
+    every = leaderboard(tracker, dataset, metric, suite=suite, predictions=predictions)
+    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by,
+                       predictions=predictions) if group_by else every[:limit] if limit else every
+    for rec in recommendations(tracker, dataset, metric, suite, rows=every, predictions=predictions):  # the answer first
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "")

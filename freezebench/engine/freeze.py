@@ -16,14 +16,8 @@ _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 def keep_bn_in_eval(backbone: Backbone, unit: str) -> list:
     """BatchNorm modules whose parameters all lie in ``unit`` run in inference mode from now on (their
     running statistics stop changing); the hook handles, one per module."""
-    own = set(next(u for u in backbone.units if u.name == unit).params)
-    handles = []
-    for name, module in backbone.model.named_modules():
-        if isinstance(module, _BN_TYPES):
-            names = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-            if names and all(n in own for n in names):
-                handles.append(module.register_forward_pre_hook(_force_eval))
-    return handles
+    return [backbone.model.get_submodule(name).register_forward_pre_hook(_force_eval)
+            for name in _bn_modules_within(backbone, {unit})]
 
 
 def _force_eval(module: nn.Module, _inputs) -> None:
@@ -31,16 +25,21 @@ def _force_eval(module: nn.Module, _inputs) -> None:
     module.training = False
 
 
-def frozen_bn_modules(backbone: Backbone, plan: FreezePlan) -> list[str]:
-    """Names of BatchNorm modules whose parameters all lie in units frozen at the start."""
-    frozen_params = {p for u in backbone.units if u.name in plan.frozen for p in u.params}
+def _bn_modules_within(backbone: Backbone, units: set[str]) -> list[str]:
+    """Names of BatchNorm modules whose parameters all lie in ``units``."""
+    inside = {p for u in backbone.units if u.name in units for p in u.params}
     out = []
     for name, module in backbone.model.named_modules():
         if isinstance(module, _BN_TYPES):
             own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-            if own and all(p in frozen_params for p in own):
+            if own and all(p in inside for p in own):
                 out.append(name)
     return out
+
+
+def frozen_bn_modules(backbone: Backbone, plan: FreezePlan) -> list[str]:
+    """Names of BatchNorm modules whose parameters all lie in units frozen at the start."""
+    return _bn_modules_within(backbone, set(plan.frozen))
 
 
 def owners(model: nn.Module) -> dict[str, nn.Module]:

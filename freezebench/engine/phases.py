@@ -25,6 +25,13 @@ def schedule_factor(schedule: str, epoch: int, epochs: int, step: int = 10, gamm
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {schedule!r}")
 
 
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor | float:
+    """The L2 norm of several tensors taken together (0 for none)."""
+    if not tensors:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors]))
+
+
 class PlanExecutor:
     """Applies the plan's phases and the LR schedule at each epoch start; computes penalties.
 
@@ -49,7 +56,9 @@ class PlanExecutor:
         if self.controller is not None:
             self.lr_mult = {u: float(plan.lr_mult.get(u, 1.0)) for u in backbone.unit_names()}
             self._selected = {u: unit_trainable_params(backbone, plan, [u]) for u in backbone.unit_names()}
-            self._grad_norm = {u: 0.0 for u in self._selected}
+            params = dict(backbone.model.named_parameters())
+            self._tensors = {u: [params[n] for n in names] for u, names in self._selected.items()}  # looked up once
+            self._grad_norm: dict[str, torch.Tensor | float] = {u: 0.0 for u in self._selected}
             self._steps, self._start = 0, {}
             self._bn_hooks: dict[str, list] = {}
 
@@ -78,15 +87,15 @@ class PlanExecutor:
             self._steps = 0
 
     def after_backward(self) -> None:
-        """An adaptive plan's gradient statistics: each unit's gradient norm, summed over the epoch's steps."""
+        """An adaptive plan's gradient statistics: each unit's gradient norm, summed over the epoch's steps
+        (on the device: read once per epoch, not once per step)."""
         if self.controller is None:
             return
-        params = dict(self.backbone.model.named_parameters())
         with torch.no_grad():
-            for unit, names in self._selected.items():
-                grads = [params[n].grad for n in names if params[n].grad is not None]
+            for unit, tensors in self._tensors.items():
+                grads = [t.grad for t in tensors if t.grad is not None]
                 if grads:
-                    self._grad_norm[unit] += float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+                    self._grad_norm[unit] = self._grad_norm[unit] + _norm(grads)
         self._steps += 1
 
     def end_epoch(self, epoch: int, record: dict[str, float]) -> None:
@@ -98,10 +107,10 @@ class PlanExecutor:
         stats = {}
         with torch.no_grad():
             for unit, names in self._selected.items():
-                norm = lambda ts: float(torch.sqrt(sum((t.float() ** 2).sum() for t in ts))) if ts else 0.0  # noqa: E731
+                tensors = self._tensors[unit]
                 stats[unit] = UnitStats(
-                    unit, any(params[n].requires_grad for n in names), self._grad_norm[unit] / max(self._steps, 1),
-                    norm([params[n] for n in names]), norm([params[n] - self._start[n] for n in names]), self.lr_mult[unit])
+                    unit, any(t.requires_grad for t in tensors), float(self._grad_norm[unit]) / max(self._steps, 1),
+                    float(_norm(tensors)), float(_norm([params[n] - self._start[n] for n in names])), self.lr_mult[unit])
         decision = self.controller.after_epoch(epoch, stats, dict(record)) or Decision()
         unknown = (set(decision.freeze) | set(decision.unfreeze) | set(decision.lr_mult)) - set(self._selected)
         if unknown:
@@ -118,7 +127,7 @@ class PlanExecutor:
             for group in self.optimizer.param_groups:
                 if group.get("units") == [unit]:
                     group["initial_lr"] = self.lr * float(mult)
-        record["trainable_units"] = float(sum(any(params[n].requires_grad for n in names) for names in self._selected.values()))
+        record["trainable_units"] = float(sum(any(t.requires_grad for t in tensors) for tensors in self._tensors.values()))
         if froze or unfroze or rescaled:
             self.events.append({"epoch": epoch, "froze": froze, "unfroze": unfroze, "lr_mult": rescaled,
                                 "reason": decision.reason, "from_epoch": epoch + 1})

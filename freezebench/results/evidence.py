@@ -16,7 +16,6 @@ import numpy as np
 from . import layout, stats
 from .tracking import load_arrays
 
-TEST_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc")
 TIE_METRIC = "auc"
 
 

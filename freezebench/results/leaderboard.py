@@ -8,7 +8,8 @@ import numpy as np
 from ..errors import UserError
 from ..records import HIGHER_IS_BETTER, METRICS
 from . import layout
-from .evidence import TEST_METRICS, add_evidence
+from .evidence import Predictions, add_evidence
+from .stats import INTERVAL_METRICS
 from .tracking import Tracker
 
 # trial parameters shown for every trial; a strategy's own parameters (k, a, b, ...) follow them
@@ -36,7 +37,7 @@ def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
     return out
 
 
-def _typed(value: str | None):
+def typed(value: str | None):
     """MLflow stores params as strings; give numbers back as numbers."""
     if value is None:
         return None
@@ -60,7 +61,7 @@ def _confirmations(client, exp_id: str) -> dict[str, list]:
 def strategy_params(text: str) -> dict:
     """A trial's own strategy parameters from its tag: "k=5 a=1" -> {"k": 5, "a": 1}; "-" -> {}."""
     pairs = (part.split("=", 1) for part in text.split() if "=" in part)
-    return {k: _typed(v) for k, v in pairs}
+    return {k: typed(v) for k, v in pairs}
 
 
 def _row(run, seeds: list, metric: str) -> dict:
@@ -74,11 +75,11 @@ def _row(run, seeds: list, metric: str) -> dict:
         "run_name": run.info.run_name,
         "study": t.get(layout.STUDY_NAME, ""),
         "backbone": t.get(layout.BACKBONE, ""),
-        **{c: _typed(p.get(c)) for c in PARAM_COLUMNS},
+        **{c: typed(p.get(c)) for c in PARAM_COLUMNS},
         **{k: v for k, v in strategy_params(t.get(layout.STRATEGY_PARAMS, "-")).items() if k not in PARAM_COLUMNS},
         "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
         "best_epoch": int(m.get("best_epoch", 0)),
-        "n_frozen": len(t[layout.FROZEN_UNITS].split(",")) if t.get(layout.FROZEN_UNITS, "-") != "-" else 0,
+        "frozen": [] if t.get(layout.FROZEN_UNITS, "-") == "-" else t[layout.FROZEN_UNITS].split(","),
         f"val_{metric}": float(np.mean(vals)),
         "seeds": len(every),
         "confirmed": len(every) > 1,
@@ -87,7 +88,7 @@ def _row(run, seeds: list, metric: str) -> dict:
         row[f"val_{metric}_std"] = float(np.std(vals))
         row[f"val_{metric}_trial"] = m[val_key]
         row["confirm_why"] = seeds[0].data.tags.get(layout.CONFIRM_WHY, "")
-    for k in TEST_METRICS:
+    for k in INTERVAL_METRICS:
         values = [s[f"test_{k}"] for s in every if f"test_{k}" in s]
         row[f"test_{k}"] = float(np.mean(values)) if values else None
         if len(values) > 1:
@@ -109,11 +110,13 @@ def _row(run, seeds: list, metric: str) -> dict:
 
 
 def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str | None = None, limit: int | None = None,
-                group_by: str | None = None, study: str | None = None, evidence: bool = True) -> list[dict]:
+                group_by: str | None = None, study: str | None = None, evidence: bool = True,
+                predictions: Predictions | None = None) -> list[dict]:
     """The configurations tried on ``dataset``, best first: those confirmed over several seeds first, by
     their mean validation ``metric``, then the other trials by theirs. With ``evidence``, each row gets
     its test intervals (a confirmed row: bootstrap over images of its mean over seeds) and whether it is
-    statistically tied with the first row (see ``evidence``)."""
+    statistically tied with the first row (see ``evidence``). ``predictions``: a cache of loaded test
+    predictions to share with other readers (the recommendation)."""
     if metric not in METRICS:
         raise UserError(f"Unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     if group_by and group_by not in ("strategy", "backbone"):
@@ -146,7 +149,7 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
         rows = list(best.values())
     rows = [{"rank": i + 1, **r} for i, r in enumerate(rows)]
     if evidence:
-        add_evidence(client, rows)
+        add_evidence(client, rows, predictions)
     return rows[:limit] if limit else rows
 
 
@@ -181,15 +184,16 @@ def validation(row: dict, metric: str) -> str:
     return f"{value:.3f}" + (f" ±{row[f'val_{metric}_std']:.3f} ({row['seeds']} seeds)" if row.get("confirmed") else "")
 
 
-def versus_first(row: dict) -> str:
-    """"first", "tied", "worse" (significantly), or "-" (not compared), for the leaderboard's tie column."""
+def versus_first(row: dict, detail: bool = True) -> str:
+    """"first", "tied", "worse" (significantly), or "-" (not compared), for the leaderboard's tie column;
+    with ``detail``, the AUC difference and its p-value follow."""
     tied = row.get("tied_with_first")
     if row.get("rank") == 1:
         return "first"
     if tied is None:
         return "-"
     diff = row.get("vs_first_auc")
-    return ("tied" if tied else "worse") + (f" (AUC {diff:+.3f}, p {row['vs_first_p']:.2g})" if diff is not None else "")
+    return ("tied" if tied else "worse") + (f" (AUC {diff:+.3f}, p {row['vs_first_p']:.2g})" if detail and diff is not None else "")
 
 
 def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:

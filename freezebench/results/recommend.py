@@ -39,7 +39,7 @@ class Recommendation:
     def lines(self) -> list[str]:
         b = self.best
         what = b["strategy"] + (f" {b['strategy_params']}" if b["strategy_params"] != "-" else "")
-        frozen = b.get("frozen", [])
+        frozen = b["frozen"]
         frozen_text = "nothing frozen" if not frozen else (f"frozen: {frozen[0]}" if len(frozen) == 1 else
                                                           f"frozen: {frozen[0]} .. {frozen[-1]} ({len(frozen)} units)")
         val = b[f"val_{self.metric}"]
@@ -78,24 +78,32 @@ def _p(value: float) -> str:
     return f"p < {floor:.2g}" if value < floor else f"p = {value:.2g}"
 
 
-def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str) -> Recommendation | None:
-    """The study's recommendation, from what MLflow recorded; None when no trial finished."""
+def _intervals(row: dict) -> dict[str, stats.Interval]:
+    """The intervals a leaderboard row already holds (a confirmed row's only once its evidence is in)."""
+    if not all(row.get(f"test_{m}_ci") for m in stats.INTERVAL_METRICS):
+        return {}
+    return {m: stats.Interval(row[f"test_{m}"], *row[f"test_{m}_ci"]) for m in stats.INTERVAL_METRICS}
+
+
+def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, rows: list[dict] | None = None,
+              predictions: Predictions | None = None) -> Recommendation | None:
+    """The study's recommendation, from what MLflow recorded; None when no trial finished. ``rows``: the
+    dataset's leaderboard when the caller has it (with its evidence: the intervals are not computed again)."""
     client = tracker.client
     dataset = client.get_experiment(experiment_id).name
-    rows = leaderboard(tracker, dataset, metric, study=study, evidence=False)
+    if rows is None:
+        rows = leaderboard(tracker, dataset, metric, study=study, evidence=False)
+    rows = [r for r in rows if r["study"] == study]
     if not rows:
         return None
-    predictions = Predictions(client)
+    predictions = predictions or Predictions(client)
     best = rows[0]
-    run = client.get_run(best["run_id"])
-    frozen = run.data.tags.get(layout.FROZEN_UNITS, "-")
-    best["frozen"] = [] if frozen == "-" else frozen.split(",")
-    rec = Recommendation(study, run.data.tags.get(layout.DATASET, dataset), run.data.tags.get(layout.BACKBONE, ""), metric, best)
+    rec = Recommendation(study, dataset, best["backbone"], metric, best)
     mine = predictions.row(best)
     if mine is None:
         return rec
     labels, probs = mine
-    rec.n_test, rec.intervals = len(labels), stats.intervals(labels, probs)
+    rec.n_test, rec.intervals = len(labels), _intervals(best) or stats.intervals(labels, probs)
     comparisons = {}
     for ref in REFERENCES:
         candidate = next((r for r in rows if r["strategy"] == ref), None)
@@ -110,15 +118,17 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str) -> 
     return rec
 
 
-def recommendations(tracker: Tracker, dataset: str, metric: str, suite: str | None = None) -> list[Recommendation]:
-    """One per study of ``dataset`` (of ``suite``, when given)."""
+def recommendations(tracker: Tracker, dataset: str, metric: str, suite: str | None = None, rows: list[dict] | None = None,
+                    predictions: Predictions | None = None) -> list[Recommendation]:
+    """One per study of ``dataset`` (of ``suite``, when given). ``rows``, ``predictions``: see ``recommend``."""
     exp = tracker.client.get_experiment_by_name(dataset)
     if exp is None:
         return []
     parents = tracker.client.search_runs([exp.experiment_id], layout.where(layout.STUDY, suite=suite), max_results=1000)
+    predictions = predictions or Predictions(tracker.client)
     out = []
     for parent in sorted(parents, key=lambda r: r.data.tags.get(layout.STUDY_NAME, "")):
-        rec = recommend(tracker, exp.experiment_id, parent.data.tags[layout.STUDY_NAME], metric)
+        rec = recommend(tracker, exp.experiment_id, parent.data.tags[layout.STUDY_NAME], metric, rows, predictions)
         if rec is not None:
             out.append(rec)
     return out

@@ -24,6 +24,7 @@ from .. import plugins
 from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, colour, pyplot
 from ..errors import UserError
 from . import layout
+from .evidence import Predictions
 from .leaderboard import leaderboard, validation, versus_first, with_ci
 from .ranking import cd_diagram, rank_strategies
 from .recommend import recommendations
@@ -109,7 +110,7 @@ def comparison_figure(rows: list[dict], metric: str = "auc"):
     for i, (name, members) in enumerate(sorted(groups.items())):
         best: dict[int, dict] = {}
         for r in members:  # rows are ranked: the first at each freeze point is its best
-            best.setdefault(r.get("n_frozen", 0), r)
+            best.setdefault(len(r["frozen"]), r)
         points = sorted(best.items())
         xs = [x for x, _ in points]
         ys = [r[f"test_{metric}"] for _, r in points]
@@ -122,7 +123,7 @@ def comparison_figure(rows: list[dict], metric: str = "auc"):
                 ax.plot([x], [r[f"test_{metric}"]], "o", ms=9, mfc="none", mec="black", mew=1)
     first = rows[0] if rows else None
     if first is not None and first.get(f"test_{metric}") is not None:
-        ax.plot([first.get("n_frozen", 0)], [first[f"test_{metric}"]], "*", ms=15, color="gold", mec="black",
+        ax.plot([len(first["frozen"])], [first[f"test_{metric}"]], "*", ms=15, color="gold", mec="black",
                 label="recommended", zorder=5)
     ax.set(xlabel="frozen units (0 = nothing frozen)", ylabel=f"test {metric.upper() if metric == 'auc' else metric} [95% CI]")
     ax.grid(alpha=0.3)
@@ -133,18 +134,19 @@ def comparison_figure(rows: list[dict], metric: str = "auc"):
 
 
 def _suite_toml(tracker: Tracker, parent) -> str:
+    """The suite as the study ran it (TOML), or a note when the study predates it."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        return tracker.client.download_artifacts(parent.info.run_id, layout.SUITE_TOML, tempfile.mkdtemp())
-    except (MlflowException, OSError):
-        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(tracker.client.download_artifacts(parent.info.run_id, layout.SUITE_TOML, tmp)).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            return "(not recorded: a study from before suites were recorded)"
 
 
 def _provenance(tracker: Tracker, parent) -> str:
     p, t = parent.data.params, parent.data.tags
-    path = _suite_toml(tracker, parent)
-    toml_text = Path(path).read_text(encoding="utf-8") if path else "(not recorded: a study from before suites were recorded)"
+    toml_text = _suite_toml(tracker, parent)
     facts = [("protocol", t.get(layout.tag("protocol"), "-")), ("split hash", p.get("split_hash", "-")),
              ("images per split and class", _counts(p.get("split_counts", "-"))), ("leak audit", t.get(layout.tag("leaks"), "-")),
              ("leaks allowed", t.get(layout.tag("leaks_allowed"), "-")), ("dataset source", p.get("dataset_source", "-")),
@@ -181,15 +183,16 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
 
     answers, boards, across = [], [], {}
     for dataset, metric in metrics.items():
-        rows = leaderboard(tracker, dataset, metric, suite=suite)
-        recs = {r.study: r for r in recommendations(tracker, dataset, metric, suite)}
+        predictions = Predictions(client)
+        rows = leaderboard(tracker, dataset, metric, suite=suite, predictions=predictions)
+        recs = {r.study: r for r in recommendations(tracker, dataset, metric, suite, rows=rows, predictions=predictions)}
         for study in dict.fromkeys(r["study"] for r in rows):
-            mine = [r for r in rows if r["study"] == study]
+            mine = [r for r in rows if r["study"] == study]  # ranked: the first is the recommended one
             rec = recs.get(study)
             lines = rec.lines() if rec else [f"{study}: no finished trial."]
             answers.append(f'<section class="answer"><h3>{html.escape(study)}</h3><p><b>{html.escape(lines[0])}</b></p><ul>'
                            + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
-                           + _svg(comparison_figure(_study_order(mine, rec))) + "</section>")
+                           + _svg(comparison_figure(mine)) + "</section>")
             best_of: dict[str, float] = {}
             for r in mine:
                 if r.get("test_auc") is not None:
@@ -238,13 +241,6 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def _study_order(rows: list[dict], rec) -> list[dict]:
-    """The study's rows with the recommended one first (it is starred)."""
-    if rec is None:
-        return rows
-    return sorted(rows, key=lambda r: r["run_id"] != rec.best["run_id"])
 
 
 def _best_per_strategy(tracker: Tracker, records: StudyRecords) -> str:
