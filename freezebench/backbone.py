@@ -43,6 +43,7 @@ class Backbone:
     weights_source: str  # "random", "shipped:<file>", "file:<path>", "timm:<tag>"
     weights_sha256: str | None = None
     weights_note: str = ""  # what loading the weights left out or changed, said to the user and recorded
+    added: tuple[str, ...] = ()  # parameters a strategy's surgery added (in no unit: they always train)
 
     def __post_init__(self):
         names = dict(self.model.named_parameters())
@@ -54,6 +55,10 @@ class Backbone:
                 if p in seen:
                     raise ValueError(f"backbone {self.name}: parameter {p} in units {seen[p]} and {unit.name}")
                 seen[p] = unit.name
+        for p in self.added:
+            if p not in names or p in seen:
+                raise ValueError(f"backbone {self.name}: added parameter {p} is unknown or already in unit {seen.get(p)}")
+            seen[p] = "added"
         missing = sorted(set(names) - set(seen))
         if missing:
             raise ValueError(f"backbone {self.name}: parameters in no unit: {missing[:5]}")

@@ -9,7 +9,7 @@ from .errors import UserError
 from .records import BN_POLICIES, DEFAULTS
 
 __all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "UnitStats", "Decision",
-           "Controller", "StrategyParam", "Phase",
+           "Controller", "Surgery", "Regularizer", "StrategyParam", "Phase",
            "FreezePlan", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
 
 
@@ -50,6 +50,7 @@ SELECTORS: dict[str, Selector] = {
     "bias": lambda p: p.leaf == "bias",  # BitFit (Ben Zaken et al. 2022)
     "norm": _norm,  # BatchNorm / LayerNorm / GroupNorm affine weights and biases ("K for the price of 1")
     "depthwise": _depthwise,  # the depthwise convolutions of MobileNet-style blocks (weights and biases)
+    "head": lambda p: False,  # no backbone parameter: only the new head (and what a surgery added) trains
 }
 PARAM_FILTERS = tuple(SELECTORS)
 
@@ -102,6 +103,31 @@ class Controller(Protocol):
     def after_epoch(self, epoch: int, stats: Mapping[str, UnitStats], record: Mapping[str, float]) -> Decision | None: ...
 
 
+class Surgery(Protocol):
+    """Model surgery: a plan's ``surgery`` changes the network before training, in place: it wraps
+    modules (LoRA around a convolution) or adds new ones (an adapter after a block). ``apply`` gets the
+    model and its units (unit name -> the names of its parameters now). Parameters it adds
+    always train; the pretrained parameters keep following the plan (a frozen one stays bit-identical,
+    even when a wrapper now holds it under a new name). One object serves one trial.
+
+    ``merge`` is called on the trained network before it is exported: fold what was added back into the
+    backbone's own modules and return True (the exported model is then the plain backbone), or return
+    False to keep the added modules (loading the model then needs the strategy's plugin, which applies
+    ``apply`` again before the weights are loaded)."""
+
+    def apply(self, model: Any, units: Mapping[str, Sequence[str]]) -> None: ...
+
+    def merge(self, model: Any) -> bool: ...
+
+
+class Regularizer(Protocol):
+    """A term added to the training loss at every step (L2-SP): called with the backbone parameters
+    that train at that step, by name; returns a scalar tensor, or None for no term. One object serves
+    one trial; it is first called before the first update, so it may keep the pretrained values then."""
+
+    def __call__(self, trainable: Mapping[str, Any]) -> Any: ...
+
+
 @dataclass(frozen=True)
 class StrategyParam:
     """A parameter a strategy reads from the trial (set or searched in benchmarks.toml).
@@ -135,10 +161,11 @@ class FreezePlan:
     ``frozen`` units start frozen; ``phases`` may unfreeze some of them later (gradual unfreezing,
     LP-FT). The new classification head always trains, at ``head_lr_mult`` x the base LR.
     ``param_filter`` says which parameters of the trainable units train: a named selector of
-    ``SELECTORS`` ("all", "bias" for BitFit, "norm", "depthwise") or a callable ``(ParamInfo) -> bool``
+    ``SELECTORS`` ("all", "bias" for BitFit, "norm", "depthwise", "head") or a callable ``(ParamInfo) -> bool``
     over a parameter's name, owning module and unit. ``controller`` (a ``Controller``) may freeze,
-    unfreeze or rescale units after each epoch (adaptive strategies). ``l2_sp`` > 0
-    adds alpha/2 * ||w - w_pretrained||^2 over trainable backbone weights to the loss (L2-SP).
+    unfreeze or rescale units after each epoch (adaptive strategies). ``surgery`` (a ``Surgery``) wraps
+    or adds modules before training; what it adds trains at ``added_lr_mult`` x the base LR.
+    ``regularizer`` (a ``Regularizer``) adds a term to the loss at every step (L2-SP).
     """
 
     trainable: tuple[str, ...]
@@ -149,8 +176,10 @@ class FreezePlan:
     lr_mult: Mapping[str, float] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()
     param_filter: Union[str, Selector] = "all"
-    l2_sp: float = 0.0
     controller: Any = None  # a Controller: decides during training; None for a static plan
+    surgery: Any = None  # a Surgery: wraps or adds modules before training
+    added_lr_mult: float = 1.0
+    regularizer: Any = None  # a Regularizer: a loss term at every step
 
     @property
     def never_trained(self) -> tuple[str, ...]:
@@ -170,14 +199,26 @@ class FreezePlan:
             "phases": [{"epoch": p.epoch, "unfreeze": list(p.unfreeze), "lr_scale": p.lr_scale} for p in self.phases],
             "param_filter": self.param_filter if isinstance(self.param_filter, str) else
             getattr(self.param_filter, "__qualname__", repr(self.param_filter)),
-            "l2_sp": self.l2_sp,
-            "controller": None if self.controller is None else type(self.controller).__name__,
+            "controller": _named(self.controller),
+            "surgery": _named(self.surgery),
+            "added_lr_mult": self.added_lr_mult,
+            "regularizer": _named(self.regularizer),
         }
+
+
+def _named(part: Any) -> Any:
+    """A plan's controller, surgery or regularizer as recorded: its own ``describe()``, else its class name."""
+    if part is None:
+        return None
+    describe = getattr(part, "describe", None)
+    return describe() if callable(describe) else type(part).__name__
 
 
 class Strategy(Protocol):
     """What a strategy plugin registers. Optional: ``colour`` (a matplotlib colour for this strategy
-    in every figure; without one it gets a stable colour from a default palette)."""
+    in every figure; without one it gets a stable colour from a default palette) and ``unavailable()``
+    (why the strategy cannot run here, e.g. an optional dependency missing, or ""; checked before a
+    suite writes anything)."""
 
     name: str
     summary: str

@@ -1,4 +1,5 @@
-"""Fine-tuning that limits how far the backbone moves: bitfit (biases only) and l2_sp."""
+"""Fine-tuning that limits how far the backbone moves: bitfit (biases only, a named selector) and l2_sp
+(a regularizer: the loss term is this plugin's, the core only adds it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,30 @@ class BitFit:
         return plan_from_frozen(units, (), params, param_filter="bias")
 
 
+class PullToPretrained:
+    """L2-SP (Li et al. 2018): alpha/2 * sum ||w - w_pretrained||^2 over the backbone weights that train.
+    The pretrained values are kept the first time a parameter is seen training, before its first update
+    (a unit unfrozen later is still pretrained then)."""
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+        self.reference: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"L2-SP alpha={self.alpha:g}"
+
+    def __call__(self, trainable):
+        import torch
+
+        if not trainable or self.alpha == 0:
+            return None
+        for name, p in trainable.items():
+            if name not in self.reference:
+                self.reference[name] = p.detach().clone()
+        terms = [((p - self.reference[name]) ** 2).sum() for name, p in trainable.items()]
+        return 0.5 * self.alpha * torch.stack(terms).sum()
+
+
 @dataclass(frozen=True)
 class L2SP:
     name: str = "l2_sp"
@@ -33,7 +58,7 @@ class L2SP:
         alpha = float(params["alpha"])
         if alpha < 0:
             raise InvalidParams(f"alpha must be >= 0, got {alpha}")
-        return plan_from_frozen(units, (), params, l2_sp=alpha)
+        return plan_from_frozen(units, (), params, regularizer=PullToPretrained(alpha))
 
 
 @hookimpl

@@ -42,7 +42,9 @@ def test_named_selectors_pick_what_they_say():
     assert _selected(b, b.unit_names(), SELECTORS["depthwise"]) == depthwise
     assert all("conv_dw" in p for p in depthwise) and len(depthwise) == 17  # one per MobileNetV2 block
     assert _selected(b, b.unit_names(), SELECTORS["bias"]) == {p for p in every if p.endswith(".bias")}
-    with pytest.raises(ValueError, match="param_filter must be one of all, bias, norm, depthwise"):
+    assert _selected(b, b.unit_names(), SELECTORS["head"]) == set()
+    assert _selected(b, b.unit_names(), SELECTORS["all"]) == set(every)
+    with pytest.raises(ValueError, match="param_filter must be one of all, bias, norm, depthwise, head"):
         selector("biases")
 
 
@@ -93,7 +95,25 @@ def test_every_registered_strategy_gives_the_optimizer_exactly_its_trainable_par
              if p.default is None}
     cfg, b, plan = _build(name, **needs)
     params = dict(b.model.named_parameters())
-    expected = set(unit_trainable_params(b, plan, plan.trainable)) | set(b.head.params)
+    expected = set(unit_trainable_params(b, plan, plan.trainable)) | set(b.head.params) | set(b.added)
     assert {n for n, p in params.items() if p.requires_grad} == expected
     groups = param_groups(b, plan, cfg.lr, cfg.weight_decay)
     assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(params[n]) for n in expected)
+
+
+@pytest.mark.parametrize("name", sorted(e.name for e in plugins.strategies().entries()))
+def test_every_registered_strategy_leaves_what_it_never_trains_bit_identical(name, tiny_dataset):
+    """After a real trial, the only parameters that changed are the ones the plan let train: its selector's
+    choice in the units it trains (at the start, after a phase, or after its controller unfroze them), what
+    its surgery added, and the head. Every other parameter, pretrained or not, is bit-identical."""
+    strategy = plugins.strategies().get(name)
+    needs = {p.name: {"unit": 3, "window": "2..4", "int": 1, "float": 0.01}[p.kind] for p in strategy.params
+             if p.default is None}
+    cfg, b, plan = _build(name, **needs)
+    before = {n: p.detach().clone() for n, p in b.model.named_parameters()}
+    result = fit(cfg, b, plan, tiny_dataset)
+    later = {u for p in plan.phases for u in p.unfreeze} | {u for e in result.events for u in e.get("unfroze", ())}
+    allowed = set(unit_trainable_params(b, plan, set(plan.trainable) | later)) | set(b.head.params) | set(b.added)
+    changed = {n for n, p in b.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed <= allowed, sorted(changed - allowed)[:5]
+    assert changed & set(b.head.params)  # the trial did train

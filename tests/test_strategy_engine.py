@@ -156,7 +156,8 @@ def test_l2_sp_pulls_toward_pretrained_weights(tiny_dataset):
         return sum(((b.model.state_dict()[p] - before[p]) ** 2).sum().item() for p in params_of(b, b.unit_names()))
 
     assert distance(near) < distance(far)
-    assert near[0].plan.l2_sp == 50.0
+    assert near[0].plan.regularizer.alpha == 50.0
+    assert near[0].plan.as_dict()["regularizer"] == "L2-SP alpha=50"
 
 
 def test_layer_wise_lr_decay():

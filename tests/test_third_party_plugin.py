@@ -49,3 +49,44 @@ def test_suite_uses_installed_strategy(installed_plugin, tmp_path, tiny_npz):
         fraction = float(run.data.params["fraction"])
         frozen = run.data.tags["freezebench.frozen_units"].split(",")
         assert len(frozen) == int(fraction * 8)  # mobilenetv2_100 has 8 units
+
+
+def test_one_installed_strategy_per_extension_point_is_searched_next_to_the_built_ins(installed_plugin, tmp_path, tiny_npz):
+    """The example package's selector, surgery and adaptive strategies, installed with pip, run in one grid
+    search beside linear probing and full fine-tuning: each of the six strategies exactly once, each
+    recorded with what its plan did (its selector, its added modules, its controller's decisions)."""
+    mine = ["freeze_fraction", "pointwise_tuning", "parallel_adapters", "freeze_when_still"]
+    strategies = json.dumps(mine + ["linear_probe", "full"])
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy=strategies, n_trials=6, extra='sampler = "grid"')
+    config.write_text(config.read_text().replace("k = { low = 1, high = -1 }", "k = 3\nthreshold = 100.0")
+                      .replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = 0.01"))
+    results = tmp_path / "results"
+    result = run_cli_subprocess("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results),
+                                env_extra=installed_plugin)
+    assert result.returncode == 0, result.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    runs = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
+    assert sorted(r.data.params["strategy"] for r in runs) == sorted(json.loads(strategies))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by = {r.data.params["strategy"]: r for r in runs}
+
+    def plan_of(name):
+        return json.load(open(client.download_artifacts(by[name].info.run_id, "freeze_plan.json", str(tmp_path))))
+
+    assert plan_of("pointwise_tuning")["param_filter"] == "_pointwise"
+    assert plan_of("parallel_adapters")["surgery"] == "parallel 1x1 adapters in 5 units"  # units 3..7 of 8
+    trainable = {name: int(by[name].data.params.get("trainable_params", by[name].data.metrics.get("trainable_params", 0)))
+                 for name in by}
+    assert trainable["linear_probe"] < trainable["parallel_adapters"] < trainable["full"]
+    assert plan_of("freeze_when_still")["controller"] == "_FreezeWhenStill"
+    history = client.get_metric_history(by["freeze_when_still"].info.run_id, "trainable_units")
+    assert [m.value for m in history] and history[-1].value < 8  # threshold 100: the first unit froze after epoch 1
+    board = run_cli_subprocess("leaderboard", "--results-dir", str(results), "--dataset", "tinybreast", "--json",
+                               env_extra=installed_plugin)
+    assert board.returncode == 0, board.stderr
+    data = json.loads(board.stdout)
+    rows = data["rows"] if isinstance(data, dict) else data
+    assert sorted(r["strategy"] for r in rows) == sorted(json.loads(strategies))

@@ -91,7 +91,8 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, strat
         built, trains = _under_strategy(entry.obj, backbone, strategy, params, granularity, head, classes)
     else:
         built, trains = with_head(with_granularity(entry.obj.build(classes, WeightsRequest(pretrained=False)), granularity), head), None
-    total = sum(p.numel() for p in built.model.parameters())
+    added_params = set(built.added)
+    total = sum(p.numel() for n, p in built.model.named_parameters() if n not in added_params)  # the backbone's own
     rows = [{"index": i, "unit": u.name, "params": built.param_count(u), "share": built.param_count(u) / total,
              **(trains[u.name] if trains else {})} for i, u in enumerate(built.units)]
     head_params = built.param_count(built.head)
@@ -100,8 +101,9 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, strat
                      "description": describe_head(built)},
             "total_params": total, "default_weights": entry.obj.default_weights}
     if trains:
-        data["strategy"] = {"name": strategy, "params": dict(_parse_params(params)),
-                            "trainable_params": sum(r["trainable"] for r in rows) + head_params}
+        added = sum(r["added"] for r in rows) + trains.get("", {}).get("added", 0)
+        data["strategy"] = {"name": strategy, "params": dict(_parse_params(params)), "added_params": added,
+                            "trainable_params": sum(r["trainable"] for r in rows) + head_params + added}
     if as_json:
         print_json(data)
         return
@@ -110,8 +112,10 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, strat
 
     table = Table(title=f"{backbone}: {len(rows)} {granularity} units, input to output", box=box.SIMPLE_HEAD)
     columns = [("#", "right"), ("unit", "left"), ("params", "right"), ("share", "right"), ("frozen by k=#+1", "right")]
+    surgery = bool(trains and data["strategy"]["added_params"])
     if trains:
         columns += [(f"trains under {strategy}", "right"), ("of the unit", "right"), ("when", "left")]
+        columns += [("added (trains)", "right")] if surgery else []
     for col, justify in columns:
         table.add_column(col, justify=justify)
     cumulative = 0
@@ -120,13 +124,16 @@ def describe_cmd(backbone: str, granularity: str, head: str, classes: int, strat
         cells = [str(r["index"]), r["unit"], f"{r['params']:,}", f"{100 * r['share']:.2f}%", f"{100 * cumulative / total:.1f}%"]
         if trains:
             cells += [f"{r['trainable']:,}", f"{100 * r['trainable'] / max(r['params'], 1):.0f}%", r["when"]]
+            cells += [f"{r['added']:,}"] if surgery else []
         table.add_row(*cells)
     table.add_row("", f"head: {built.head.name}", f"{head_params:,}", f"{100 * head_params / total:.2f}%", "never",
-                  *([f"{head_params:,}", "100%", "always"] if trains else []))
+                  *([f"{head_params:,}", "100%", "always"] if trains else []), *([""] if surgery else []))
     console.print(table)
     if trains:
         n = data["strategy"]["trainable_params"]
-        console.print(f"under {strategy}: {n:,} of {total:,} parameters train ({100 * n / total:.2f}%), head included",
+        extra = data["strategy"]["added_params"]
+        console.print(f"under {strategy}: {n:,} parameters train ({100 * n / total:.2f}% of the backbone's {total:,}), head "
+                      f"included" + (f", {extra:,} of them added by the strategy's surgery" if extra else ""),
                       highlight=False, markup=False)
     console.print(f"total {total:,} parameters; head {describe_head(built)}", highlight=False, markup=False)
     console.print(f"default weights: {entry.obj.default_weights}", highlight=False, markup=False)
@@ -149,6 +156,7 @@ def _under_strategy(spec, backbone: str, strategy: str, params: tuple[str, ...],
     """The backbone planned under ``strategy``, and per unit: how many parameters train, and from when."""
     from ..backbone import WeightsRequest
     from ..engine.freeze import unit_trainable_params
+    from ..engine.surgery import added_by_unit
     from ..engine.trial import build_and_plan
     from ..plugins import strategies
     from ..records import TrialConfig
@@ -167,9 +175,13 @@ def _under_strategy(spec, backbone: str, strategy: str, params: tuple[str, ...],
         raise UserError(f"Strategy {strategy!r}: {exc}") from None
     sizes = dict((n, p.numel()) for n, p in built.model.named_parameters())
     later = {u: p.epoch for p in plan.phases for u in p.unfreeze}
-    trains = {}
+    added = {u: sum(sizes[n] for n in names) for u, names in added_by_unit(built).items()}
+    trains: dict[str, dict] = {}
     for unit in built.units:
         names = unit_trainable_params(built, plan, [unit.name]) if unit.name in plan.trainable or unit.name in later else []
         when = "from the start" if unit.name in plan.trainable else (f"from epoch {later[unit.name]}" if unit.name in later else "frozen")
-        trains[unit.name] = {"trainable": sum(sizes[n] for n in names), "when": when if names else "frozen"}
+        trains[unit.name] = {"trainable": sum(sizes[n] for n in names), "when": when if names else "frozen",
+                             "added": added.get(unit.name, 0)}
+    if added.get(""):
+        trains[""] = {"added": added[""]}  # added parameters that sit among no unit's modules
     return built, trains

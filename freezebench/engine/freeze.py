@@ -72,7 +72,7 @@ def apply_plan(backbone: Backbone, plan: FreezePlan) -> None:
         p.requires_grad_(False)
     for name in unit_trainable_params(backbone, plan, plan.trainable):
         params[name].requires_grad_(True)
-    for name in backbone.head.params:
+    for name in (*backbone.head.params, *backbone.added):  # the head, and what a surgery added, always train
         params[name].requires_grad_(True)
 
     bn_names = frozen_bn_modules(backbone, plan) if plan.frozen else []
@@ -113,6 +113,10 @@ def param_groups(backbone: Backbone, plan: FreezePlan, lr: float, weight_decay: 
     """Optimizer groups holding only trainable parameters (frozen ones never see momentum or decay)."""
     params = dict(backbone.model.named_parameters())
     groups = unit_groups(backbone, plan, plan.trainable, lr, weight_decay)
+    if backbone.added:
+        added_lr = lr * plan.added_lr_mult
+        groups.append({"params": [params[p] for p in backbone.added], "lr": added_lr, "initial_lr": added_lr,
+                       "weight_decay": weight_decay, "name": "added by surgery"})
     head = [params[p] for p in backbone.head.params]
     head_lr = lr * plan.head_lr_mult
     groups.append({"params": head, "lr": head_lr, "initial_lr": head_lr, "weight_decay": weight_decay, "name": "head"})

@@ -1,5 +1,5 @@
 """Carry out a freeze plan during training: phases that unfreeze units (their parameters join the
-optimizer and the LR schedule), the LR schedule itself, the L2-SP penalty, and an adaptive plan's
+optimizer and the LR schedule), the LR schedule itself, the plan's regularizer (L2-SP), and an adaptive plan's
 controller (per-unit statistics each epoch; its decisions applied and recorded)."""
 
 from __future__ import annotations
@@ -47,11 +47,9 @@ class PlanExecutor:
         self.schedule, self.step, self.gamma = schedule, step, gamma
         self.phase_scale = 1.0
         self.events: list[dict] = []
-        self._reference: dict[str, torch.Tensor] = {}
-        if plan.l2_sp > 0:
-            every = unit_trainable_params(backbone, plan, backbone.unit_names())
+        if plan.regularizer is not None:  # the backbone's own parameters, looked up once
             params = dict(backbone.model.named_parameters())
-            self._reference = {n: params[n].detach().clone() for n in every if n in params}
+            self._backbone_params = {p: params[p] for u in backbone.units for p in u.params}
         self.controller = plan.controller
         if self.controller is not None:
             self.lr_mult = {u: float(plan.lr_mult.get(u, 1.0)) for u in backbone.unit_names()}
@@ -158,11 +156,7 @@ class PlanExecutor:
                 self.optimizer.add_param_group(group)
 
     def penalty(self) -> torch.Tensor | None:
-        """L2-SP: alpha/2 * sum ||w - w_pretrained||^2 over backbone weights that train now."""
-        if not self._reference:
+        """The plan's regularizer over the backbone parameters that train now (None without one)."""
+        if self.plan.regularizer is None:
             return None
-        params = dict(self.backbone.model.named_parameters())
-        terms = [((params[n] - ref) ** 2).sum() for n, ref in self._reference.items() if params[n].requires_grad]
-        if not terms:
-            return None
-        return 0.5 * self.plan.l2_sp * torch.stack(terms).sum()
+        return self.plan.regularizer({n: p for n, p in self._backbone_params.items() if p.requires_grad})

@@ -119,8 +119,6 @@ def cache_blocker(backbone: Backbone, plan: FreezePlan, *, online_augment: bool)
         return "online augmentation makes every epoch's inputs different"
     if plan.bn_policy == "train":
         return "bn_policy 'train' updates BatchNorm statistics in the frozen units"
-    if plan.l2_sp:
-        return "every unit trains (the plan's l2_sp penalty)"
     if plan.controller is not None:
         return "an adaptive strategy decides during training what trains (its controller)"
     if not backbone.units or backbone.units[0].name not in plan.never_trained:

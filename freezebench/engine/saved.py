@@ -4,10 +4,15 @@ manifest with all that rebuilds the network and prepares an image the way the tr
     model.safetensors       every tensor of the trained network (state dict)
     freezebench-model.json  backbone, head, classes, input size, resize mode, normalisation,
                             the weights' sha256, and where the model came from
+
+A strategy's surgery (LoRA) is merged into the backbone's own modules first where the strategy can;
+where it cannot, the manifest names the strategy and its parameters, and loading applies the surgery
+again (with that strategy's plugin installed) before the weights are loaded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +34,21 @@ WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "freezebench-model.json"
 
 
-def save_model(backbone: Backbone, config: TrialConfig, classes: Sequence[str], folder: Path, about: dict | None = None) -> Path:
-    """Write ``backbone``'s trained network and its manifest into ``folder``; returns the folder."""
+def save_model(backbone: Backbone, config: TrialConfig, classes: Sequence[str], folder: Path, about: dict | None = None,
+               surgery: Any = None) -> Path:
+    """Write ``backbone``'s trained network and its manifest into ``folder``; returns the folder. With the
+    plan's ``surgery``, a copy of the network is merged first (the trained network is left as it is)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.model.state_dict().items()}
+    model, kept = backbone.model, None
+    if surgery is not None:
+        model = copy.deepcopy(model)
+        if not surgery.merge(model):
+            kept = {"strategy": config.strategy, "strategy_params": dict(config.strategy_params),
+                    "granularity": config.granularity, "describe": getattr(surgery, "describe", lambda: "")()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     manifest = {
         "format": FORMAT,
@@ -47,6 +60,7 @@ def save_model(backbone: Backbone, config: TrialConfig, classes: Sequence[str], 
                   "mean": list(backbone.mean), "std": list(backbone.std)},
         "weights_sha256": sha256_file(folder / WEIGHTS_FILE),
         "pretrained_from": backbone.weights_source,
+        "surgery": kept,  # null: the plain backbone
         **(about or {}),
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
@@ -104,9 +118,27 @@ def load_model(folder: str | Path) -> SavedModel:
     backbone = plugins.backbones().get(name).build(len(manifest["classes"]), WeightsRequest(pretrained=False))
     head = manifest["head"]
     backbone = with_head(backbone, head["kind"], head["hidden"], head["dropout"])
+    if manifest.get("surgery"):
+        backbone = _operated(backbone, manifest["surgery"], manifest_path)
     try:
         backbone.model.load_state_dict(load_file(str(weights_path)), strict=True)
     except RuntimeError as exc:
         raise UserError(f"{weights_path} does not fit backbone {name!r} with a {head['kind']} head: "
                         f"{str(exc).splitlines()[0]}") from None
     return SavedModel(manifest, backbone.model.eval())
+
+
+def _operated(backbone: Backbone, kept: dict, manifest_path: Path) -> Backbone:
+    """The backbone with the surgery its strategy applied in training (its modules, untrained)."""
+    from ..strategy import resolve_strategy_params
+    from .surgery import operate
+    from .units import with_granularity
+
+    name = kept.get("strategy")
+    if name not in plugins.strategies():
+        raise UserError(f"{manifest_path}: the model keeps modules added by strategy {name!r}; loading it needs that "
+                        f"strategy's plugin. {plugins.strategies().unknown_message(name)}")
+    strategy = plugins.strategies().get(name)
+    units = with_granularity(backbone, kept.get("granularity", "block"))
+    params = resolve_strategy_params(strategy, backbone.name, units.unit_names(), dict(kept.get("strategy_params") or {}))
+    return operate(units, strategy.plan(units.unit_names(), params).surgery)

@@ -23,6 +23,7 @@ from .outputs import collect_trial_outputs
 from .phases import PlanExecutor
 from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_features
 from .preprocess import Normalizer
+from .surgery import operate
 from .training import SplitTensors, make_optimizer, train
 from .units import with_granularity
 
@@ -90,6 +91,7 @@ def build_and_plan(
         units = backbone.unit_names()
         decayed = {u: plan.lr_mult.get(u, 1.0) * cfg.lr_decay ** (len(units) - 1 - i) for i, u in enumerate(units)}
         plan = dataclasses.replace(plan, lr_mult=decayed)
+    backbone = operate(backbone, plan.surgery)  # wraps or adds modules; units follow their parameters
     apply_plan(backbone, plan)
     return backbone, plan
 

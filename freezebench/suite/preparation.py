@@ -94,6 +94,9 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
     for name in names:
         if name not in strategies:
             raise UserError(f"{where}.params.strategy: {strategies.unknown_message(name)}")
+        why = getattr(strategies.get(name), "unavailable", lambda: "")()
+        if why:
+            raise UserError(f"{where}.params.strategy: strategy {name!r} cannot run here: {why}")
     for device in _values(suite.params.get("device", DEFAULTS["device"])):  # before anything is loaded or written
         for amp in _values(suite.params.get("amp", DEFAULTS["amp"])):
             try:

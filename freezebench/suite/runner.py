@@ -116,7 +116,8 @@ def _record(tracker: Tracker, run_id: str, result: TrialResult, keep_model: dict
                          "frozen_units": list(result.plan.frozen), "best_epoch": result.outcome.best_epoch,
                          "val": result.outcome.best_val,
                          "test_metrics": {**{f"test_{k}": v for k, v in result.outcome.test.items()}, **metrics}}
-                model_dir = save_model(result.backbone, result.config, result.class_names, Path(tmp) / "model", about)
+                model_dir = save_model(result.backbone, result.config, result.class_names, Path(tmp) / "model", about,
+                                       surgery=result.plan.surgery)
             tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags, model_dir)
     except Exception as exc:
         fault = fault_of(exc)
