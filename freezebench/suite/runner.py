@@ -32,8 +32,9 @@ from .confirmation import Candidate, members
 from .preparation import PreparedSuite, StudyPlan
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
-from .studies import (StopAtTrials, claims_slot, fail_stale, heartbeat_settings, is_finished, is_surplus, live_trials,
-                      open_study, release_surplus, retry_interrupted, storage)
+from .studies import (REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
+                      heartbeat_settings, is_finished, is_repeat, is_surplus, live_trials, open_study, release_surplus,
+                      repeats_in_a_row, retry_interrupted, settings_key, storage)
 
 
 class TrialFailed(Exception):
@@ -177,6 +178,16 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             release_surplus(trial)
             raise optuna.TrialPruned("surplus: the study already has its trials")
         cfg = suggest_config(trial, suite, strategies, n_units)
+        key = settings_key(cfg)
+        trial.set_user_attr(SETTINGS_ATTR, key)
+        same = earlier_with(trial.study, trial.number, key)
+        if same is not None:  # the sampler proposed settings already tried: nothing is trained or recorded again
+            trial.set_user_attr(REPEAT_ATTR, same.number)
+            if repeats_in_a_row(trial.study) + 1 >= REPEAT_LIMIT:
+                trial.study.stop()
+            if same.state.name == "COMPLETE":
+                return same.value  # the sampler learns the known value
+            raise optuna.TrialPruned(f"repeats trial {same.number}")
         params = {**cfg.as_flat_dict(), "dataset": plan.dataset_ref.label, "backbone": plan.backbone_ref.name,
                   "split_hash": plan.dataset.split_hash(), "optuna_trial": trial.number}
         tags = {**base_tags, layout.STRATEGY: cfg.strategy, layout.OPTUNA_TRIAL: str(trial.number),
@@ -274,6 +285,10 @@ def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name
         live = live_trials(study)
         if done >= n_trials:
             return
+        if repeats_in_a_row(study) >= REPEAT_LIMIT:
+            reporter.note(name, f"stopping with {done} of {n_trials} trials: the last {REPEAT_LIMIT} settings the sampler "
+                                "proposed had all been tried; the search space has no more new settings")
+            return
         if done + len(live) < n_trials or any(t.state.name == "WAITING" for t in live):
             study.optimize(objective, n_trials=n_trials - done, catch=(TrialFailed,), callbacks=[StopAtTrials(n_trials)])
             waited_since = None
@@ -349,14 +364,14 @@ def _config_of(tracker: Tracker, run) -> TrialConfig:
 def summarize(study, plan: StudyPlan, parent_run_id: str) -> StudySummary:
     counts: dict[str, int] = {}
     for t in study.trials:
-        if is_surplus(t):
+        if is_surplus(t) or is_repeat(t):
             continue
         state = t.state.name.lower() if is_finished(t) or t.state.name != "FAIL" else "interrupted"
         counts[state] = counts.get(state, 0) + 1
     summary = StudySummary(plan.name, plan.dataset_ref.label, plan.backbone_ref.name, counts, parent_run_id=parent_run_id)
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE" and not is_repeat(t)]
     if complete:
-        best = study.best_trial
+        best = (max if study.direction.name == "MAXIMIZE" else min)(complete, key=lambda t: t.value)
         summary.best_value = best.value
         summary.best_params = {**{k: v for k, v in best.user_attrs.items() if k in ("strategy", "lr")}, **best.params}
         summary.best_test = {k[5:]: v for k, v in best.user_attrs.items() if k.startswith("test_")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -105,10 +106,24 @@ def make_sampler(suite: Suite, strategies: Registry | None = None, n_units: dict
 
 
 def grid_size(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> int | None:
-    """Number of grid points for a grid suite (its trials are capped at this), else None."""
+    """Number of distinct settings on a grid suite's grid (its trials are capped at this), else None. Grid
+    points that differ only in a parameter their strategy does not read (``k`` for ``linear_probe``) are
+    one setting: the second is a repeat, and is not trained."""
     if suite.sampler != "grid":
         return None
-    return math.prod(len(v) for v in grid_space(suite, strategies, n_units).values())
+    space = grid_space(suite, strategies, n_units)
+    if math.prod(len(v) for v in space.values()) > 1_000_000:
+        return math.prod(len(v) for v in space.values())
+    own = {e.name: {p.name for p in e.obj.params} for e in strategies.entries()}
+    anyone = set().union(*own.values()) if own else set()
+    fixed = suite.params.get("strategy")
+    names = list(space)
+    distinct = set()
+    for point in itertools.product(*space.values()):
+        values = dict(zip(names, point))
+        reads = own.get(values.get("strategy", fixed), set())
+        distinct.add(tuple((k, v) for k, v in values.items() if k not in anyone or k in reads))
+    return len(distinct)
 
 
 # On 50-500 validation images one epoch's value is noisy: the median pruner waits for 5 finished trials and

@@ -19,6 +19,9 @@ PARENT_ATTR = "mlflow_parent_run_id"
 SURPLUS_ATTR = "freezebench.surplus"
 RETRY_ATTR = "freezebench.retry_of"  # an interrupted trial's number, on the trial that runs its settings again
 MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is not retried forever
+SETTINGS_ATTR = "freezebench.settings"  # the trial's whole configuration, canonical JSON: how repeats are found
+REPEAT_ATTR = "freezebench.repeat_of"  # on a trial whose settings an earlier trial had: it trained nothing
+REPEAT_LIMIT = 25  # this many proposals in a row that all repeat earlier settings: the space is used up
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -72,7 +75,8 @@ def retry_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
 
 def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials running now (here or in another process, or killed a moment ago) or queued to run."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name in ("RUNNING", "WAITING") and not is_surplus(t)]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state.name in ("RUNNING", "WAITING") and not is_surplus(t) and not is_repeat(t)]
 
 
 def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:
@@ -80,9 +84,43 @@ def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(SURPLUS_ATTR))
 
 
+def is_repeat(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial whose settings an earlier trial of the study already had: it trained nothing, and is left out
+    of every count (the study still gets its number of distinct trials)."""
+    return REPEAT_ATTR in trial.user_attrs
+
+
+def settings_key(config) -> str:
+    """A trial configuration (a ``TrialConfig``) as canonical JSON: equal keys, equal training."""
+    import json
+
+    return json.dumps(config.as_flat_dict(), sort_keys=True, default=str)
+
+
+def earlier_with(study: optuna.Study, number: int, key: str) -> optuna.trial.FrozenTrial | None:
+    """The first other trial with these settings that finished, or is running now (None when there is none)."""
+    for t in study.get_trials(deepcopy=False):
+        if t.number != number and t.user_attrs.get(SETTINGS_ATTR) == key and not is_repeat(t) \
+                and (is_finished(t) or (t.state.name == "RUNNING" and not is_surplus(t))):
+            return t
+    return None
+
+
+def repeats_in_a_row(study: optuna.Study) -> int:
+    """How many of the study's latest finished proposals in a row repeated earlier settings."""
+    count = 0
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number, reverse=True):
+        if t.state.name in ("RUNNING", "WAITING") or is_surplus(t):
+            continue
+        if not is_repeat(t):
+            break
+        count += 1
+    return count
+
+
 def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
     """Complete, pruned, or failed for a recorded reason; an interrupted or killed trial is run again."""
-    if is_surplus(trial):
+    if is_surplus(trial) or is_repeat(trial):
         return False
     name = trial.state.name
     return name in ("COMPLETE", "PRUNED") or (name == "FAIL" and "fail_reason" in trial.user_attrs)
