@@ -98,7 +98,11 @@ class Decision:
 class Controller(Protocol):
     """Training-time control: a plan's ``controller`` is asked after every epoch, with every unit's
     statistics and the epoch's record (``train_loss``, ``val_loss``, ``val_<metric>``). One controller
-    object serves one trial (``plan()`` makes a fresh one)."""
+    object serves one trial (``plan()`` makes a fresh one).
+
+    A controller that only ever freezes (AutoFreeze) says so with a true ``never_unfreezes`` attribute:
+    the leading units it has frozen are then computed once per image and cached from the next epoch on,
+    as a static plan's frozen prefix is. Such a controller must not unfreeze a unit later (refused)."""
 
     def after_epoch(self, epoch: int, stats: Mapping[str, UnitStats], record: Mapping[str, float]) -> Decision | None: ...
 

@@ -3,7 +3,8 @@ unit's gradient and weight statistics and the epoch's record):
 
 - ``autofreeze`` (after Liu et al. 2021, "AutoFreeze"): everything trains at first; after each epoch,
   the leading units (from the input) whose gradient norm changed by less than ``threshold`` (relative
-  to the previous epoch) are frozen, front to back, never the last unit. Frozen units stay frozen.
+  to the previous epoch) are frozen, front to back, never the last unit. Frozen units stay frozen, and
+  (as in AutoFreeze) the frozen prefix is computed once per image and cached from the next epoch on.
 - ``auto_rgn`` (after Lee et al., ICLR 2023, "Surgical fine-tuning", Auto-RGN): everything trains; after
   each epoch, each unit's LR multiplier becomes its relative gradient norm (gradient norm over weight
   norm) divided by the largest one, so the units whose weights the gradient moves most, relatively,
@@ -29,6 +30,7 @@ class _AutoFreeze:
     units: tuple[str, ...]
     threshold: float
     previous: dict[str, float] = field(default_factory=dict)
+    never_unfreezes = True  # frozen units stay frozen: the frozen prefix is cached from the next epoch on
 
     def after_epoch(self, epoch: int, stats: Mapping[str, UnitStats], record: Mapping[str, float]) -> Decision | None:
         freeze = []

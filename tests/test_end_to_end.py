@@ -213,6 +213,25 @@ def test_leaderboard_group_by_strategy(finished_suite, cli):
         assert r["val_f1"] == max(x["val_f1"] for x in every if x["strategy"] == r["strategy"])
 
 
+def test_cheapest_first_puts_the_tied_rows_first_by_cost(finished_suite, cli):
+    _, results, _ = finished_suite
+    base = ("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    every = json.loads(cli(*base)[1])
+    for cost, key in (("params", "trainable_params"), ("time", "epoch_time_s"), ("memory", "peak_memory_mb")):
+        code, out, err = cli(*base, "--cheapest-first", cost)
+        assert code == 0, err
+        rows = json.loads(out)
+        assert sorted(r["run_id"] for r in rows) == sorted(r["run_id"] for r in every)  # the same rows, reordered
+        tied = [r for r in rows if r["tied_with_first"]]
+        assert rows[: len(tied)] == tied and tied  # the first row is always tied with itself
+        assert [r[key] for r in tied] == sorted(r[key] for r in tied)
+        assert [r["rank"] for r in rows[len(tied):]] == sorted(r["rank"] for r in rows[len(tied):])
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--cheapest-first", "params")
+    assert code == 0 and "cheapest first by params" in " ".join(out.split())
+    code, _, err = cli(*base, "--cheapest-first", "carbon")
+    assert code == 2 and "carbon" in err
+
+
 def test_top_configurations_confirmed_over_seeds(tmp_path, tiny_npz, cli):
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2,
                          confirm="{ top = 1, seeds = [5, 6] }")

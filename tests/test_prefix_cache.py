@@ -111,3 +111,29 @@ def test_undecomposable_model_says_why():
     b = plugins.backbones().get("tv_mobilenet_v2").build(2, WeightsRequest(False))
     assert "does not run" in decompose(b, 64).reason  # its forward() pools with a function call
     assert decompose(b, 32).reason == ""  # ... which a 1x1 feature map makes a plain flatten: checked, so usable
+
+
+def test_autofreeze_caches_the_prefix_it_froze_from_the_next_epoch_with_the_same_results(tiny_dataset):
+    """AutoFreeze (threshold 100: every unit but the last freezes once two epochs' gradient norms are
+    known, after epoch 2) trains on the frozen prefix's features from epoch 3, and gets what computing
+    that prefix every epoch gets."""
+    kw = {"strategy": "autofreeze", "strategy_params": {"threshold": 100.0}, "epochs": 4, "select_epoch": "last"}
+    on, off = trial(tiny_dataset, **kw), trial(tiny_dataset, cache="off", **kw)
+    cached = [e for e in on.events if "cached_from_epoch" in e]
+    assert [e["cached_from_epoch"] for e in cached] == [3]
+    assert on.prefix_cache.startswith("on from epoch 3:") and "frozen by the controller" in on.prefix_cache
+    assert off.prefix_cache == "off: cache = 'off'" and not [e for e in off.events if "cached_from_epoch" in e]
+    froze = [e for e in on.events if e.get("froze")]
+    assert froze and froze[0]["epoch"] == 2 and len(froze[0]["froze"]) == len(on.units) - 1
+    for h_on, h_off in zip(on.outcome.history, off.outcome.history):
+        assert h_on["train_loss"] == pytest.approx(h_off["train_loss"], rel=1e-4)
+        assert h_on["val_loss"] == pytest.approx(h_off["val_loss"], rel=1e-4)
+    for metric, value in off.outcome.test.items():
+        assert on.outcome.test[metric] == pytest.approx(value, rel=1e-4, abs=1e-5), metric
+    assert abs(on.outcome.test_probs - off.outcome.test_probs).max() < 1e-5
+
+
+def test_a_controller_that_may_unfreeze_is_never_cached(tiny_dataset):
+    result = trial(tiny_dataset, strategy="unfreeze_on_plateau", epochs=3)
+    assert result.prefix_cache.startswith("off: an adaptive strategy decides during training what trains")
+    assert not [e for e in result.events if "cached_from_epoch" in e]

@@ -20,6 +20,10 @@ def _fmt(column: str, v) -> str:
         return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"
     if column == "wall_time_s":
         return f"{v:.1f}s"
+    if column == "epoch_time_s":
+        return f"{v:.2f}"
+    if column == "peak_memory_mb":
+        return f"{v:.0f}"
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
@@ -29,7 +33,8 @@ def _fmt(column: str, v) -> str:
 LEADERBOARD_COLUMNS = {
     "rank": "#", "backbone": "backbone", "strategy": "strategy", "strategy_params": "with", "lr": "lr", "best_epoch": "ep",
     "val": "val", "test_accuracy": "test acc\n[95% CI]", "test_auc": "test auc\n[95% CI]", "tie": "vs\nfirst",
-    "test_f1": "test\nf1", "trainable_params": "trained\nparams", "wall_time_s": "time",
+    "test_f1": "test\nf1", "trainable_params": "trained\nparams", "epoch_time_s": "s/\nepoch",
+    "peak_memory_mb": "peak\nMB", "wall_time_s": "time",
 }
 
 
@@ -48,30 +53,38 @@ def _cell(c: str, r: dict, metric: str) -> str:
 
 
 def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = None, limit: int | None = None,
-                      group_by: str | None = None) -> None:
+                      group_by: str | None = None, cheapest: str | None = None) -> None:
     from rich import box
     from rich.table import Table
 
     from ..results.evidence import Predictions
-    from ..results.leaderboard import leaderboard
+    from ..results.leaderboard import COSTS, cheapest_first, leaderboard
     from ..results.recommend import recommendations
 
     predictions = Predictions(tracker.client)  # loaded once for the leaderboard and the recommendation
     every = leaderboard(tracker, dataset, metric, suite=suite, predictions=predictions)
-    rows = leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by,
-                       predictions=predictions) if group_by else every[:limit] if limit else every
+    rows = leaderboard(tracker, dataset, metric, suite=suite, group_by=group_by,
+                       predictions=predictions) if group_by else every
+    rows = cheapest_first(rows, cheapest) if cheapest else rows
+    rows = rows[:limit] if limit else rows
     for rec in recommendations(tracker, dataset, metric, suite, rows=every, predictions=predictions):  # the answer first
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "")
-             + f", confirmed (mean over seeds, xN) then single trials, by val {metric}" + (f", best per {group_by}" if group_by else ""))
+             + (f", tied with the first cheapest first by {cheapest}, then the rest by val {metric}" if cheapest else
+                f", confirmed (mean over seeds, xN) then single trials, by val {metric}")
+             + (f", best per {group_by}" if group_by else ""))
     table = Table(title=plain(title), box=box.SIMPLE_HEAD, pad_edge=False)
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
         cols.pop("backbone")
     if console.width < 120:  # keep the table whole on an 80-column terminal; --json has every field
-        for c in ("wall_time_s", "best_epoch", "test_f1", "trainable_params"):
+        for c in ("wall_time_s", "best_epoch", "test_f1", "trainable_params", "epoch_time_s", "peak_memory_mb"):
             cols.pop(c)
+    elif console.width < 160:
+        for c in ("epoch_time_s", "peak_memory_mb"):
+            if not cheapest or COSTS[cheapest] != c:
+                cols.pop(c)
     for c, header in cols.items():
         width = max(len(line) for line in header.split("\n"))
         width = max([width] + [len(_cell(c, r, metric)) for r in rows])
@@ -94,11 +107,14 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
 @click.option("--suite", help="Only trials of this suite.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show the top N.")
 @click.option("--group-by", type=click.Choice(["strategy", "backbone"]), help="Only the best trial of each strategy or backbone.")
+@click.option("--cheapest-first", "cheapest", type=click.Choice(["params", "time", "memory"]),
+              help="Rows tied with the first on test AUC first, cheapest first: by trainable parameters, seconds per "
+                   "epoch or peak memory.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_options
-def leaderboard_cmd(dataset, metric, suite, limit, group_by, as_json, results_dir, storage, tracking_uri):
+def leaderboard_cmd(dataset, metric, suite, limit, group_by, cheapest, as_json, results_dir, storage, tracking_uri):
     """Trials of DATASET ranked by their best validation metric, with test metrics."""
-    from ..results.leaderboard import leaderboard
+    from ..results.leaderboard import cheapest_first, leaderboard
     from ..suite.stores import Stores
     from ..results.tracking import Tracker
 
@@ -108,9 +124,11 @@ def leaderboard_cmd(dataset, metric, suite, limit, group_by, as_json, results_di
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     if as_json:
-        print_json(leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by))
+        rows = leaderboard(tracker, dataset, metric, suite=suite, group_by=group_by)
+        rows = cheapest_first(rows, cheapest) if cheapest else rows
+        print_json(rows[:limit] if limit else rows)
     else:
-        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by)
+        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by, cheapest=cheapest)
 
 
 def ui_command(stores, port: int) -> list[str]:

@@ -117,6 +117,8 @@ class PlanExecutor:
         for unit in froze:
             self._freeze(unit, params)
         unfroze = [u for u in decision.unfreeze if not stats[u].trainable and u not in froze]
+        if unfroze and getattr(self.controller, "never_unfreezes", False):
+            raise ValueError(f"the controller says it never unfreezes, but unfroze {unfroze} (its frozen units may be cached)")
         for unit in unfroze:
             self._unfreeze(unit, params)
         rescaled = {}
@@ -129,6 +131,16 @@ class PlanExecutor:
         if froze or unfroze or rescaled:
             self.events.append({"epoch": epoch, "froze": froze, "unfroze": unfroze, "lr_mult": rescaled,
                                 "reason": decision.reason, "from_epoch": epoch + 1})
+
+    def frozen_from_now_on(self, epoch: int) -> set[str]:
+        """Units frozen after ``epoch`` that stay frozen to the end: all their parameters out of training, no
+        later phase unfreezing them, and a controller that never unfreezes (or none)."""
+        if self.controller is not None and not getattr(self.controller, "never_unfreezes", False):
+            return set()
+        later = {u for p in self.plan.phases if p.epoch > epoch for u in p.unfreeze}
+        params = dict(self.backbone.model.named_parameters())
+        return {u.name for u in self.backbone.units
+                if u.name not in later and not any(params[n].requires_grad for n in u.params)}
 
     def _freeze(self, unit: str, params: dict) -> None:
         """``unit`` leaves the optimizer (with its momentum) and its BatchNorm statistics stop (unless bn_policy

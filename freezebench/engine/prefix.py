@@ -119,9 +119,10 @@ def cache_blocker(backbone: Backbone, plan: FreezePlan, *, online_augment: bool)
         return "online augmentation makes every epoch's inputs different"
     if plan.bn_policy == "train":
         return "bn_policy 'train' updates BatchNorm statistics in the frozen units"
-    if plan.controller is not None:
+    if plan.controller is not None and not getattr(plan.controller, "never_unfreezes", False):
         return "an adaptive strategy decides during training what trains (its controller)"
-    if not backbone.units or backbone.units[0].name not in plan.never_trained:
+    freezes_later = getattr(plan.controller, "never_unfreezes", False)  # its prefix may be cached once frozen
+    if not backbone.units or (backbone.units[0].name not in plan.never_trained and not freezes_later):
         return "the first unit trains"
     return ""
 
@@ -133,9 +134,15 @@ def cut_point(backbone: Backbone, plan: FreezePlan, decomposition: Decomposition
         return 0, blocker
     if decomposition.reason:
         return 0, decomposition.reason
+    return leading_cut(backbone, set(plan.never_trained), decomposition)
+
+
+def leading_cut(backbone: Backbone, never_again: set[str], decomposition: Decomposition) -> tuple[int, str]:
+    """Number of leading steps made only of units in ``never_again`` (frozen from now to the trial's end),
+    with nothing stochastic; and why not when 0."""
     frozen: set[str] = set()
-    for unit in backbone.units:  # the leading units frozen for the whole trial
-        if unit.name not in plan.never_trained:
+    for unit in backbone.units:  # the leading units frozen from now on
+        if unit.name not in never_again:
             break
         frozen.update(unit.params)
     head = set(backbone.head.params)

@@ -76,6 +76,8 @@ def train(
     augment: bool = False,
     balance: str = "none",
     compute: Compute = CPU,
+    recut: Callable[[int], tuple | None] | None = None,
+    whole: nn.Module | None = None,
 ) -> TrainOutcome:
     """Train for ``epochs``; keep the weights of the epoch with the best validation ``metric``
     (``select="best"``) or of the last epoch (``select="last"``) for the test.
@@ -83,7 +85,13 @@ def train(
     ``augment``: a fresh random augmentation of every training batch (online). ``balance``:
     "loss" weights the loss by inverse class frequency, "sampler" draws training images with
     inverse-frequency probabilities (with replacement), "none" does neither.
+
+    ``recut(epoch)``, asked after each epoch, may switch training to a cached prefix's features: it
+    returns (model, train, val, test, norm) to use from the next epoch on, or None. ``whole``: the
+    network whose weights are kept at the selected epoch (``model`` by default; the whole network when
+    ``model`` is the suffix after a cached prefix, so a switch cannot lose them).
     """
+    whole = model if whole is None else whole
     generator = torch.Generator().manual_seed(seed)
     outcome = TrainOutcome()
     best_state = None
@@ -144,14 +152,17 @@ def train(
         if (select == "last" and epoch == epochs) or (select == "best" and is_better(metric, val[metric], best_score)):
             best_score = val[metric]
             outcome.best_epoch, outcome.best_val = epoch, val
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in whole.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, record)
+        switched = recut(epoch) if recut is not None else None
+        if switched is not None:  # a prefix frozen for good: its features from now on (labels and order unchanged)
+            model, train_data, val_data, test_data, norm = switched
     outcome.train_seconds = time.perf_counter() - start
     if best_state is None:  # the metric was never defined (e.g. AUC with one class in val)
         outcome.best_epoch, outcome.best_val = epochs, val
     else:
-        model.load_state_dict(best_state)
+        whole.load_state_dict(best_state)
     probs, loss = predict(model, test_data, norm, batch_size, compute)
     outcome.test_probs, outcome.test_labels = probs, test_data.labels.numpy()
     outcome.test = classification_metrics(outcome.test_labels, probs, loss)

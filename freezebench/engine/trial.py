@@ -21,7 +21,7 @@ from .freeze import apply_plan, param_groups
 from .heads import with_head
 from .outputs import collect_trial_outputs
 from .phases import PlanExecutor
-from .prefix import CachedSuffix, cache_blocker, cut_point, decompose, prefix_features
+from .prefix import CachedSuffix, Decomposition, cache_blocker, cut_point, decompose, leading_cut, prefix_features
 from .preprocess import Normalizer
 from .surgery import operate
 from .training import SplitTensors, make_optimizer, train
@@ -122,12 +122,14 @@ def fit(
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                             schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
-    if cut:
-        prefix = steps[:cut]
-        dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
-        weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
-        context = (backbone.name, weights_key, cfg.head, id(dataset), cfg.image_size, cfg.resize_mode, copies,
-                   cfg.seed if copies else 0, cfg.cache_dtype, compute)
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
+    context = (backbone.name, weights_key, cfg.head, id(dataset), cfg.image_size, cfg.resize_mode, copies,
+               cfg.seed if copies else 0, cfg.cache_dtype, compute)
+
+    def features(upto: int) -> dict[str, SplitTensors]:
+        """Every split through the first ``upto`` steps, once per image (shared with other trials)."""
+        prefix = steps[:upto]
         names = tuple(n for n, _ in prefix)
 
         def compute_features():
@@ -137,9 +139,28 @@ def fit(
             return {s: SplitTensors(prefix_features(prefix[start:], t.images, first, dtype=dtype, compute=compute), t.labels)
                     for s, t in source.items()}
 
-        data = cache.features((context, names), compute_features, cfg.cache_limit_mb * 2**20)
-        model = CachedSuffix(steps[cut:])
-        norm = _as_float
+        return cache.features((context, names), compute_features, cfg.cache_limit_mb * 2**20)
+
+    if cut:
+        data, model, norm = features(cut), CachedSuffix(steps[cut:]), _as_float
+    state = TrialState(cfg, backbone, plan, dataset, model, optimizer, compute)
+    recut = None
+    if steps and not cut and plan.controller is not None and getattr(plan.controller, "never_unfreezes", False):
+        decomposition = Decomposition(steps)
+
+        def recut(epoch: int):
+            """After ``epoch``: when the controller has frozen a longer prefix for good, train on its features."""
+            nonlocal cut, note, model, data, norm
+            new, _ = leading_cut(backbone, executor.frozen_from_now_on(epoch), decomposition)
+            if new <= cut or epoch >= cfg.epochs:
+                return None
+            cut, data, norm = new, features(new), _as_float
+            model = state.model = CachedSuffix(steps[cut:])
+            note = f"on from epoch {epoch + 1}: {cut} steps up to {steps[cut - 1][0]}, frozen by the controller"
+            executor.events.append({"epoch": epoch, "cached_from_epoch": epoch + 1, "cached_steps": cut,
+                                    "cached_up_to": steps[cut - 1][0]})
+            return model, data["train"], data["val"], data["test"], norm
+
     state = TrialState(cfg, backbone, plan, dataset, model, optimizer, compute)
     hooks = hook()
     hooks.trial_started(trial=state)
@@ -167,6 +188,8 @@ def fit(
         augment=cfg.augment == "online",
         balance=cfg.balance,
         compute=compute,
+        recut=recut,
+        whole=backbone.model,
     )
     state.outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                           data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)

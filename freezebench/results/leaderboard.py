@@ -153,6 +153,23 @@ def leaderboard(tracker: Tracker, dataset: str, metric: str = "f1", suite: str |
     return rows[:limit] if limit else rows
 
 
+COSTS = {"params": "trainable_params", "time": "epoch_time_s", "memory": "peak_memory_mb"}  # --cheapest-first
+
+
+def cheapest_first(rows: list[dict], cost: str) -> list[dict]:
+    """The rows tied with the first on test AUC (not significantly worse), cheapest first by ``cost`` (a key
+    of ``COSTS``: trainable parameters, seconds per epoch, peak memory), then the others in their order.
+    It answers "what is the cheapest configuration as good as the best?"; the tie is decided on the test
+    images, so the first row's own rank is still the validation one. Rows keep their validation ``rank``."""
+    if cost not in COSTS:
+        raise UserError(f"Unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
+    key = COSTS[cost]
+    tied = [r for r in rows if r.get("tied_with_first")]
+    rest = [r for r in rows if not r.get("tied_with_first")]
+    tied.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0.0, r["rank"]))
+    return tied + rest
+
+
 def to_csv(rows: list[dict]) -> str:
     import csv
     import io
