@@ -118,6 +118,13 @@ def test_unit_index_out_of_range_names_units(run_bad, tiny_npz):
     assert "conv_stem+bn1" in err and "blocks.6.0+conv_head+bn2" in err
 
 
+def test_a_choice_outside_a_strategys_choices_is_named(run_bad, tiny_npz):
+    err = run_bad(_valid(tiny_npz).replace('strategy = "freeze_to"', 'strategy = ["freeze_to", "lora"]')
+                  .replace("k = 2", 'k = 2\ntargets = ["pointwise", "everything"]'))
+    assert "suites.tiny.params.targets: 'everything' is not a choice of strategy 'lora''s targets" in err
+    assert "'pointwise', 'conv', 'all'" in err
+
+
 def test_missing_config_file(run_bad):
     err = run_bad(None, "--config", "/nowhere/bench.toml")
     assert "Config file not found: /nowhere/bench.toml" in err

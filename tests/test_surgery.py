@@ -6,6 +6,8 @@ with its added modules) predicts what the trained network predicted."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,34 @@ def test_a_suite_naming_lora_without_peft_stops_before_writing_anything(tmp_path
         declared = {p.name: e.name for e in plugins.strategies().entries() for p in e.obj.params}
         prepare_suite(load_config(config, declared), "tiny")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_lora_search_records_ranks_exports_and_predicts_what_it_logged(cli, tmp_path, tiny_npz):
+    """Through the CLI: a grid over LoRA's rank, the leaderboard (a strategy parameter named "rank" is not
+    the row's rank), and the exported model, merged into the plain backbone, predicting the trial's own
+    logged test probabilities."""
+    from mlflow.tracking import MlflowClient
+
+    from freezebench.results.tracking import load_arrays
+
+    from .conftest import write_suite
+
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"lora"', n_trials=5, extra='sampler = "grid"')
+    config.write_text(config.read_text().replace("k = { low = 1, high = -1 }", "k = 4\nrank = [2, 8]")
+                      .replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = 0.01"))
+    results = tmp_path / "results"
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0, err
+    code, out, err = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    rows = json.loads(out)
+    assert [r["rank"] for r in rows] == [1, 2] and sorted(r["params"]["rank"] for r in rows) == [2, 8]
+    assert rows[0]["trainable_params"] != rows[1]["trainable_params"]
+    code, out, err = cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(tmp_path / "m"))
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "m" / "freezebench-model.json").read_text())
+    assert manifest["surgery"] is None and manifest["strategy"] == "lora"  # merged: the plain backbone
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    logged = load_arrays(client, manifest["run_id"], "test_predictions.npz")
+    with np.load(tiny_npz) as npz:
+        images = list(npz["test_images"])
+    np.testing.assert_allclose(load_model(tmp_path / "m").predict(images), logged["probs"], atol=2e-5)

@@ -31,18 +31,21 @@ def test_installed_strategy_is_listed(installed_plugin):
     assert "freeze_fraction" not in run_cli_subprocess("list", "strategies", "--json").stdout
 
 
+def _run(config, results, env):
+    """Run the suite with the plugin installed; its MLflow client and trial runs."""
+    from mlflow.tracking import MlflowClient
+
+    result = run_cli_subprocess("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    return client, client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
+
+
 def test_suite_uses_installed_strategy(installed_plugin, tmp_path, tiny_npz):
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"freeze_fraction"', n_trials=2)
     config.write_text(config.read_text().replace("k = { low = 1, high = -1 }", "fraction = [0.25, 0.75]"))
-    results = tmp_path / "results"
-    result = run_cli_subprocess("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results),
-                                env_extra=installed_plugin)
-    assert result.returncode == 0, result.stderr
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("tinybreast")
-    runs = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
+    _, runs = _run(config, tmp_path / "results", installed_plugin)
     assert len(runs) == 2
     for run in runs:
         assert run.data.params["strategy"] == "freeze_fraction" and run.info.status == "FINISHED"
@@ -61,14 +64,7 @@ def test_one_installed_strategy_per_extension_point_is_searched_next_to_the_buil
     config.write_text(config.read_text().replace("k = { low = 1, high = -1 }", "k = 3\nthreshold = 100.0")
                       .replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = 0.01"))
     results = tmp_path / "results"
-    result = run_cli_subprocess("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results),
-                                env_extra=installed_plugin)
-    assert result.returncode == 0, result.stderr
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("tinybreast")
-    runs = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")
+    client, runs = _run(config, results, installed_plugin)
     assert sorted(r.data.params["strategy"] for r in runs) == sorted(json.loads(strategies))
     assert all(r.info.status == "FINISHED" for r in runs)
     by = {r.data.params["strategy"]: r for r in runs}
@@ -78,8 +74,7 @@ def test_one_installed_strategy_per_extension_point_is_searched_next_to_the_buil
 
     assert plan_of("pointwise_tuning")["param_filter"] == "_pointwise"
     assert plan_of("parallel_adapters")["surgery"] == "parallel 1x1 adapters in 5 units"  # units 3..7 of 8
-    trainable = {name: int(by[name].data.params.get("trainable_params", by[name].data.metrics.get("trainable_params", 0)))
-                 for name in by}
+    trainable = {name: run.data.metrics["trainable_params"] for name, run in by.items()}
     assert trainable["linear_probe"] < trainable["parallel_adapters"] < trainable["full"]
     assert plan_of("freeze_when_still")["controller"] == "_FreezeWhenStill"
     history = client.get_metric_history(by["freeze_when_still"].info.run_id, "trainable_units")

@@ -76,8 +76,8 @@ def _row(run, seeds: list, metric: str) -> dict:
         "study": t.get(layout.STUDY_NAME, ""),
         "backbone": t.get(layout.BACKBONE, ""),
         **{c: typed(p.get(c)) for c in PARAM_COLUMNS},
-        **{k: v for k, v in strategy_params(t.get(layout.STRATEGY_PARAMS, "-")).items() if k not in PARAM_COLUMNS},
         "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
+        "params": strategy_params(t.get(layout.STRATEGY_PARAMS, "-")),  # the strategy's own, by name
         "best_epoch": int(m.get("best_epoch", 0)),
         "frozen": [] if t.get(layout.FROZEN_UNITS, "-") == "-" else t[layout.FROZEN_UNITS].split(","),
         f"val_{metric}": float(np.mean(vals)),
@@ -106,6 +106,9 @@ def _row(run, seeds: list, metric: str) -> dict:
         "seed_run_ids": [r.info.run_id for r in seeds],
         "model_run_id": kept[0].info.run_id if kept else None,
     })
+    for k, v in row["params"].items():  # also at the top ("k"), unless the name is a field of the row or its rank
+        if k not in row and k != "rank":
+            row[k] = v
     return row
 
 

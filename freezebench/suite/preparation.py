@@ -228,3 +228,6 @@ def _check_unit_params(where: str, suite: Suite, strategies, backbone: str, gran
                         parse_window(v, units, backbone)
                     except UserError as exc:
                         raise UserError(f"{key}: {exc}") from None
+                if p.kind == "choice" and p.choices and v not in p.choices:
+                    raise UserError(f"{key}: {v!r} is not a choice of strategy {strategy.name!r}'s {p.name}: use one of "
+                                    f"{', '.join(map(repr, p.choices))}")
