@@ -109,7 +109,7 @@ def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
 
 def test_diverging_trials_are_recorded_as_failed_and_the_suite_goes_on(tmp_path, tiny_npz, cli):
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"full"', n_trials=2)
-    config.write_text(config.read_text().replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = 1e30"))
+    config.write_text(config.read_text().replace("lr = { low = 1e-3, high = 1e-2, log = true }", "lr = [1e30, 1e31]"))
     results = tmp_path / "results"
     code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
     assert code == 0
