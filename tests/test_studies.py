@@ -210,3 +210,15 @@ def test_grid_points_run_once_across_processes(tmp_path):
         process(n)
     points = [(t.params["strategy"], t.params["lr"]) for t in optuna.load_study(study_name="s", storage=url).trials]
     assert len(points) == 9 and len(set(points)) == 9
+
+
+def test_of_two_trials_proposed_with_the_same_settings_at_once_the_lower_numbered_one_trains(tmp_path):
+    from freezebench.suite.studies import SETTINGS_ATTR, earlier_with
+
+    study = _study(tmp_path)
+    first, second = study.ask(), study.ask()  # two workers, the same settings, both running
+    for t in (first, second):
+        t.set_user_attr(SETTINGS_ATTR, '{"lr": 0.01}')
+    assert earlier_with(study, first.number, '{"lr": 0.01}') is None  # nothing earlier: it trains
+    assert earlier_with(study, second.number, '{"lr": 0.01}').number == first.number  # steps aside
+    assert earlier_with(study, second.number, '{"lr": 0.02}') is None

@@ -98,9 +98,11 @@ def settings_key(config) -> str:
 
 
 def earlier_with(study: optuna.Study, number: int, key: str) -> optuna.trial.FrozenTrial | None:
-    """The first other trial with these settings that finished, or is running now (None when there is none)."""
+    """The first earlier-numbered trial with these settings that finished, or is running now (None when there is
+    none). Only lower numbers count: two workers proposing the same settings at once cannot both step aside
+    (the lower-numbered one trains; at worst, in a race, both do)."""
     for t in study.get_trials(deepcopy=False):
-        if t.number != number and t.user_attrs.get(SETTINGS_ATTR) == key and not is_repeat(t) \
+        if t.number < number and t.user_attrs.get(SETTINGS_ATTR) == key and not is_repeat(t) \
                 and (is_finished(t) or (t.state.name == "RUNNING" and not is_surplus(t))):
             return t
     return None
