@@ -10,7 +10,7 @@ from .records import BN_POLICIES, DEFAULTS
 
 __all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "UnitStats", "Decision",
            "Controller", "Surgery", "Regularizer", "StrategyParam", "Phase",
-           "FreezePlan", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
+           "FreezePlan", "describe_part", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,12 @@ class FreezePlan:
     regularizer: Any = None  # a Regularizer: a loss term at every step
 
     @property
+    def only_freezes(self) -> bool:
+        """Whether a unit, once frozen, stays frozen: no controller, or one that says ``never_unfreezes``
+        (its frozen prefix can then be cached from the epoch after it froze it)."""
+        return self.controller is None or bool(getattr(self.controller, "never_unfreezes", False))
+
+    @property
     def never_trained(self) -> tuple[str, ...]:
         """Units frozen for the whole trial."""
         later = {u for p in self.phases for u in p.unfreeze}
@@ -203,14 +209,14 @@ class FreezePlan:
             "phases": [{"epoch": p.epoch, "unfreeze": list(p.unfreeze), "lr_scale": p.lr_scale} for p in self.phases],
             "param_filter": self.param_filter if isinstance(self.param_filter, str) else
             getattr(self.param_filter, "__qualname__", repr(self.param_filter)),
-            "controller": _named(self.controller),
-            "surgery": _named(self.surgery),
+            "controller": describe_part(self.controller),
+            "surgery": describe_part(self.surgery),
             "added_lr_mult": self.added_lr_mult,
-            "regularizer": _named(self.regularizer),
+            "regularizer": describe_part(self.regularizer),
         }
 
 
-def _named(part: Any) -> Any:
+def describe_part(part: Any) -> Any:
     """A plan's controller, surgery or regularizer as recorded: its own ``describe()``, else its class name."""
     if part is None:
         return None

@@ -117,7 +117,7 @@ class PlanExecutor:
         for unit in froze:
             self._freeze(unit, params)
         unfroze = [u for u in decision.unfreeze if not stats[u].trainable and u not in froze]
-        if unfroze and getattr(self.controller, "never_unfreezes", False):
+        if unfroze and self.plan.only_freezes:
             raise ValueError(f"the controller says it never unfreezes, but unfroze {unfroze} (its frozen units may be cached)")
         for unit in unfroze:
             self._unfreeze(unit, params)
@@ -135,7 +135,7 @@ class PlanExecutor:
     def frozen_from_now_on(self, epoch: int) -> set[str]:
         """Units frozen after ``epoch`` that stay frozen to the end: all their parameters out of training, no
         later phase unfreezing them, and a controller that never unfreezes (or none)."""
-        if self.controller is not None and not getattr(self.controller, "never_unfreezes", False):
+        if not self.plan.only_freezes:
             return set()
         later = {u for p in self.plan.phases if p.epoch > epoch for u in p.unfreeze}
         params = dict(self.backbone.model.named_parameters())

@@ -119,10 +119,10 @@ def cache_blocker(backbone: Backbone, plan: FreezePlan, *, online_augment: bool)
         return "online augmentation makes every epoch's inputs different"
     if plan.bn_policy == "train":
         return "bn_policy 'train' updates BatchNorm statistics in the frozen units"
-    if plan.controller is not None and not getattr(plan.controller, "never_unfreezes", False):
+    if not plan.only_freezes:
         return "an adaptive strategy decides during training what trains (its controller)"
-    freezes_later = getattr(plan.controller, "never_unfreezes", False)  # its prefix may be cached once frozen
-    if not backbone.units or (backbone.units[0].name not in plan.never_trained and not freezes_later):
+    # a controller that only freezes may freeze the first unit later: its prefix is cached from then on
+    if not backbone.units or (backbone.units[0].name not in plan.never_trained and plan.controller is None):
         return "the first unit trains"
     return ""
 

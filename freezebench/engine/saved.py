@@ -25,6 +25,7 @@ from .. import __version__, plugins
 from ..backbone import Backbone, WeightsRequest
 from ..errors import UserError
 from ..records import TrialConfig
+from ..strategy import describe_part, resolve_strategy_params
 from ..weights import sha256_file
 from .heads import with_head
 from .preprocess import Normalizer, resize_images
@@ -47,7 +48,7 @@ def save_model(backbone: Backbone, config: TrialConfig, classes: Sequence[str], 
         model = copy.deepcopy(model)
         if not surgery.merge(model):
             kept = {"strategy": config.strategy, "strategy_params": dict(config.strategy_params),
-                    "granularity": config.granularity, "describe": getattr(surgery, "describe", lambda: "")()}
+                    "granularity": config.granularity, "describe": describe_part(surgery)}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     manifest = {
@@ -130,7 +131,6 @@ def load_model(folder: str | Path) -> SavedModel:
 
 def _operated(backbone: Backbone, kept: dict, manifest_path: Path) -> Backbone:
     """The backbone with the surgery its strategy applied in training (its modules, untrained)."""
-    from ..strategy import resolve_strategy_params
     from .surgery import operate
     from .units import with_granularity
 

@@ -145,14 +145,16 @@ def fit(
         data, model, norm = features(cut), CachedSuffix(steps[cut:]), _as_float
     state = TrialState(cfg, backbone, plan, dataset, model, optimizer, compute)
     recut = None
-    if steps and not cut and plan.controller is not None and getattr(plan.controller, "never_unfreezes", False):
+    if steps and not cut and plan.controller is not None and plan.only_freezes:
         decomposition = Decomposition(steps)
 
         def recut(epoch: int):
             """After ``epoch``: when the controller has frozen a longer prefix for good, train on its features."""
             nonlocal cut, note, model, data, norm
+            if epoch >= cfg.epochs:
+                return None
             new, _ = leading_cut(backbone, executor.frozen_from_now_on(epoch), decomposition)
-            if new <= cut or epoch >= cfg.epochs:
+            if new <= cut:
                 return None
             cut, data, norm = new, features(new), _as_float
             model = state.model = CachedSuffix(steps[cut:])
@@ -161,7 +163,6 @@ def fit(
                                     "cached_up_to": steps[cut - 1][0]})
             return model, data["train"], data["val"], data["test"], norm
 
-    state = TrialState(cfg, backbone, plan, dataset, model, optimizer, compute)
     hooks = hook()
     hooks.trial_started(trial=state)
 

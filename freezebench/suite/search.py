@@ -112,8 +112,9 @@ def grid_size(suite: Suite, strategies: Registry, n_units: dict[str, int]) -> in
     if suite.sampler != "grid":
         return None
     space = grid_space(suite, strategies, n_units)
-    if math.prod(len(v) for v in space.values()) > 1_000_000:
-        return math.prod(len(v) for v in space.values())
+    points = math.prod(len(v) for v in space.values())
+    if points > 1_000_000:  # too many to enumerate: the point count (repeats are still never trained)
+        return points
     own = {e.name: {p.name for p in e.obj.params} for e in strategies.entries()}
     anyone = set().union(*own.values()) if own else set()
     fixed = suite.params.get("strategy")
