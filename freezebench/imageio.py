@@ -1,30 +1,31 @@
-"""Decode image files once (PIL), with a content-keyed disk cache and an error policy."""
+"""Reading one image: decode a file (PIL) to uint8, make it 3-channel, resize it to the trial's square
+size, and fingerprint it for the leak audit. Whole datasets of files: ``freezebench.imagefiles``."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import io
 import os
-import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .errors import UserError
+from .records import RESIZE_MODES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 ON_ERROR = ("fail", "skip")
+FINGERPRINT_BYTES = 32   # a 256-bit difference hash ...
+THUMB_SIDE = 32          # ... and a 32 x 32 grey thumbnail, per image
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FREEZEBENCH_CACHE") or Path.home() / ".cache" / "freezebench")
 
 
-def decode(path: Path) -> np.ndarray:
-    """uint8 (H, W) for grayscale images, (H, W, 3) for colour; alpha and palettes flattened."""
-    with Image.open(path) as im:
+def decode(source: Path | bytes) -> np.ndarray:
+    """uint8 (H, W) for grayscale images, (H, W, 3) for colour; alpha and palettes flattened.
+    ``source`` is a path or the file's bytes."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.load()
         if im.mode in ("L", "I;16", "I", "F", "1"):
             if im.mode != "L":
@@ -40,66 +41,50 @@ def decode(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _content_key(paths: Sequence[Path], salt: str) -> str:
-    h = hashlib.sha256(salt.encode())
-    for p in paths:
-        h.update(str(p.name).encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()[:24]
+def to_rgb(image: np.ndarray) -> Image.Image:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Image.fromarray(arr, mode="RGB")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return Image.fromarray(arr[:, :, 0], mode="L").convert("RGB")
+    raise ValueError(f"image of shape {arr.shape}: expected (H, W) or (H, W, 3)")
 
 
-def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool = True) -> tuple[list[np.ndarray], list[int]]:
-    """Decode every file; return the images and the indices (into ``paths``) that decoded.
+def _pad_square(pil: Image.Image) -> Image.Image:
+    side = max(pil.size)
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(pil, ((side - pil.size[0]) // 2, (side - pil.size[1]) // 2))
+    return canvas
 
-    A corrupt or unreadable file is named, then skipped (``on_error="skip"``, with a warning) or
-    fatal (``"fail"``, the default). Results are cached on disk keyed by the files' content.
+
+def resize_one(image: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
+    """One image as ``size`` x ``size`` RGB (grayscale repeated to 3 channels): uint8 (3, S, S).
+
+    ``mode="stretch"`` resizes to the square; ``"pad"`` keeps the aspect ratio, padding with black.
+    Every path that turns pixels into model input goes through here, so cached and in-memory data agree.
     """
-    if on_error not in ON_ERROR:
-        raise UserError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
-    paths = [Path(p) for p in paths]
-    key = _content_key(paths, f"decode-v1:{on_error}") if cache else None
-    cached = cache_dir() / "decoded" / f"{key}.npz" if key else None
-    if cached is not None and cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as npz:
-                kept = npz["kept"].tolist()
-                return [npz[f"i{n}"] for n in range(len(kept))], kept
-        except Exception:  # a damaged cache entry (a full disk, a kill mid-write elsewhere): decode again
-            pass
-    images, kept = [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(decode(path))
-            kept.append(i)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-            message = f"Cannot read image {path}: {type(exc).__name__}: {exc}"
-            if on_error == "fail":
-                raise UserError(message + ". Fix or remove the file, or set on_error = \"skip\" for this dataset.") from None
-            warnings.warn(message + " (skipped: on_error = \"skip\")", stacklevel=2)
-    if cached is not None:
-        _store(cached, images, kept)
-    return images, kept
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
+    pil = to_rgb(image)
+    if mode == "pad" and pil.size[0] != pil.size[1]:
+        pil = _pad_square(pil)
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.BILINEAR)
+    return np.asarray(pil).transpose(2, 0, 1)
 
 
-def _store(cached: Path, images: list[np.ndarray], kept: list[int]) -> None:
-    """Write a cache entry atomically (a reader never sees half a file). The cache is optional: when it
-    cannot be written (read-only, full, not ours) the images are used as decoded, with one warning."""
-    tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp.npz")
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, kept=np.array(kept, dtype=np.int64), **{f"i{n}": a for n, a in enumerate(images)})
-        tmp.replace(cached)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if cached.parent.parent not in _WARNED:
-            _WARNED.add(cached.parent.parent)
-            warnings.warn(f"Decoded images are not cached: cannot write to {cached.parent} ({exc.strerror or exc}). "
-                          "Runs decode the images each time; set FREEZEBENCH_CACHE to a writable folder to cache them.",
-                          stacklevel=3)
-
-
-_WARNED: set[Path] = set()
+def fingerprint(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(256-bit difference hash as 32 bytes, standardised 32x32 grey thumbnail): what the leak audit
+    compares to find identical or near-identical pictures."""
+    gray = Image.fromarray(np.asarray(image)).convert("L")
+    small = np.asarray(gray.resize((17, 16), Image.BILINEAR), dtype=np.int16)
+    bits = np.packbits((small[:, 1:] > small[:, :-1]).ravel())
+    thumb = np.asarray(gray.resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR), dtype=np.float32).ravel()
+    return bits, (thumb - thumb.mean()) / (thumb.std() + 1e-6)
 
 
 def list_images(folder: Path) -> list[Path]:

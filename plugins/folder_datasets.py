@@ -13,7 +13,8 @@ import numpy as np
 from freezebench.dataset import SPLITS, DatasetSpec, ImageDataset
 from freezebench.errors import UserError
 from freezebench.hookspecs import hookimpl
-from freezebench.imageio import IMAGE_SUFFIXES, decode_files, list_images
+from freezebench.imagefiles import decode_files
+from freezebench.imageio import IMAGE_SUFFIXES, list_images
 
 
 @hookimpl

@@ -11,7 +11,8 @@ import numpy as np
 from freezebench.dataset import DatasetSpec, ImageDataset
 from freezebench.errors import UserError
 from freezebench.hookspecs import hookimpl
-from freezebench.imageio import decode_files, list_images
+from freezebench.imagefiles import decode_files
+from freezebench.imageio import list_images
 
 from .folder_datasets import _require_dir, _root_available
 

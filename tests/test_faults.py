@@ -175,7 +175,7 @@ def test_a_decompression_bomb_is_named_and_skipped_under_the_policy(tmp_path):
     from PIL import Image
 
     from freezebench.errors import UserError
-    from freezebench.imageio import decode_files
+    from freezebench.imagefiles import decode_files
 
     bomb, fine = tmp_path / "bomb.png", tmp_path / "fine.png"
     _bomb_png(bomb)

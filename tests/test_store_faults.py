@@ -159,7 +159,7 @@ def test_a_read_only_results_dir_is_named_before_anything_is_written(tiny_npz, w
 def test_an_unwritable_decode_cache_is_skipped_with_one_warning(tmp_path, monkeypatch):
     from PIL import Image
 
-    from freezebench import imageio
+    from freezebench import imagefiles as imageio
 
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("x")
@@ -178,12 +178,12 @@ def test_an_unwritable_decode_cache_is_skipped_with_one_warning(tmp_path, monkey
 def test_a_damaged_cache_entry_is_decoded_again(tmp_path, monkeypatch):
     from PIL import Image
 
-    from freezebench import imageio
+    from freezebench import imagefiles as imageio
 
     monkeypatch.setenv("FREEZEBENCH_CACHE", str(tmp_path / "cache"))
     Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "a.png")
     imageio.decode_files([tmp_path / "a.png"])
-    (entry,) = (tmp_path / "cache" / "decoded").glob("*.npz")
+    (entry,) = (tmp_path / "cache" / "index").glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:40])  # truncated (a full disk elsewhere)
     images, kept = imageio.decode_files([tmp_path / "a.png"])
     assert kept == [0] and int(images[0][0, 0]) == 7

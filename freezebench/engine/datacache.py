@@ -8,7 +8,7 @@ import torch
 
 from .augment import augment_batch
 from ..dataset import SPLITS, ImageDataset
-from .preprocess import resize_images
+from ..imagefiles import resize_all
 from .training import SplitTensors
 
 
@@ -29,9 +29,9 @@ class DataCache:
     def get(self, dataset: ImageDataset, size: int, resize_mode: str = "stretch", copies: int = 0, seed: int = 0) -> dict[str, SplitTensors]:
         key = (id(dataset), size, resize_mode, copies, seed if copies else 0)
         if key not in self._store:
-            images = resize_images(dataset.images, size, resize_mode)
             labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-            splits = {s: SplitTensors(images[idx], labels[idx]) for s in SPLITS for idx in [torch.as_tensor(dataset.indices(s))]}
+            splits = {s: SplitTensors(torch.from_numpy(resize_all(dataset.images, size, resize_mode, rows=idx)), labels[idx])
+                      for s in SPLITS for idx in [dataset.indices(s)]}  # image files: read from their disk cache
             if copies:
                 train, generator = splits["train"], torch.Generator().manual_seed(seed)
                 extra = [augment_batch(train.images, generator) for _ in range(copies)]

@@ -6,36 +6,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+
+from ..imagefiles import fingerprints
 
 HASH_BITS_MAX = 10       # of 256: at most this many differing bits ...
 MIN_CORRELATION = 0.98   # ... and thumbnails this correlated: the same picture
-
-
-def _features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gray = Image.fromarray(image).convert("L")
-    small = np.asarray(gray.resize((17, 16), Image.BILINEAR), dtype=np.int16)
-    bits = np.packbits((small[:, 1:] > small[:, :-1]).ravel())
-    thumb = np.asarray(gray.resize((32, 32), Image.BILINEAR), dtype=np.float32).ravel()
-    return bits, (thumb - thumb.mean()) / (thumb.std() + 1e-6)
+BLOCK = 128              # rows compared at once: memory BLOCK x N x 32 bytes, whatever N
 
 
 def near_duplicate_pairs(images) -> list[tuple[int, int]]:
     """Index pairs (i < j) of identical or near-identical images."""
     if len(images) < 2:
         return []
-    feats = [_features(np.asarray(im)) for im in images]
-    hashes = np.stack([f[0] for f in feats])
-    thumbs = np.stack([f[1] for f in feats])
+    hashes, thumbs = fingerprints(images)
     pairs = []
-    for start in range(0, len(images), 512):  # bounded memory: 512 x N at a time
-        block = hashes[start : start + 512]
-        dist = np.unpackbits(np.bitwise_xor(block[:, None], hashes[None]), axis=2).sum(2)
-        corr = thumbs[start : start + 512] @ thumbs.T / thumbs.shape[1]
-        for i, j in zip(*np.nonzero((dist <= HASH_BITS_MAX) & (corr >= MIN_CORRELATION))):
-            if start + i < j:
-                pairs.append((int(start + i), int(j)))
-    return pairs
+    for start in range(0, len(images), BLOCK):
+        dist = np.bitwise_count(np.bitwise_xor(hashes[start : start + BLOCK, None], hashes[None])).sum(2, dtype=np.int32)
+        close = np.argwhere(dist <= HASH_BITS_MAX)
+        close = close[start + close[:, 0] < close[:, 1]]
+        if len(close):
+            corr = np.einsum("ij,ij->i", thumbs[start + close[:, 0]], thumbs[close[:, 1]]) / thumbs.shape[1]
+            pairs += [(int(start + i), int(j)) for (i, j), c in zip(close, corr) if c >= MIN_CORRELATION]
+    return sorted(pairs)
 
 
 def duplicate_groups(images, groups: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from ..engine.augment import augment_array
 from ..engine.device import resolve_compute
 from ..engine.units import with_granularity
 from ..errors import UserError
+from ..imagefiles import sizes_ahead
 from ..records import DEFAULTS
 from ..strategy import parse_window
 from ..weights import is_url
@@ -121,7 +122,8 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
             return espec.load(**eopts)
 
         try:
-            dataset = dspec.load(**options)
+            with sizes_ahead(_input_sizes(suite)):  # image files: resized for training in the pass that checks them
+                dataset = dspec.load(**options)
         except UserError as exc:  # the plugin's message, with the key that names this dataset
             message = str(exc)
             raise UserError(message if message.startswith(key) else f"{key} ({ref.name}): {message}") from None
@@ -191,6 +193,14 @@ def _split(dataset: ImageDataset, protocol: SplitProtocol, load_external, key: s
         groups = len(set(map(str, dataset.groups)))
         raise UserError(f"{key}: folds = {protocol.folds} cannot split dataset {dataset.name!r} ({len(dataset.labels)} images, "
                         f"{groups} subjects, {dataset.counts()}): {exc} Use fewer folds.") from None
+
+
+def _input_sizes(suite: Suite) -> set[tuple[int, str]]:
+    """The (image size, resize mode) pairs the suite's trials will ask for, when they are listed (not a range)."""
+    sizes, modes = (suite.params.get(k, DEFAULTS[k]) for k in ("image_size", "resize_mode"))
+    if isinstance(sizes, Range) or isinstance(modes, Range):
+        return set()
+    return {(int(size), str(mode)) for size in _values(sizes) for mode in _values(modes)}
 
 
 def _values(spec) -> tuple:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..dataset import ImageDataset
 from ..errors import UserError
+from ..imagefiles import join, take
 from .leakage import LeakReport, audit, duplicate_groups
 
 PROTOCOL_KEYS = ("split", "ratios", "folds", "fold", "split_seed", "level", "test_on", "allow_leaks", "augment_before_split")
@@ -166,7 +167,7 @@ def _with_external_test(ds: ImageDataset, split: np.ndarray, protocol: SplitProt
             f"{ds.name!r}'s {list(ds.classes)}; an external test set needs the same classes in the same order."
         )
     keep = split != "test"
-    images = [ds.images[i] for i in np.flatnonzero(keep)] + list(external.images)
+    images = join(take(ds.images, np.flatnonzero(keep)), external.images)
     return ImageDataset(
         name=ds.name,
         classes=ds.classes,
