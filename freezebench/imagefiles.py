@@ -228,6 +228,22 @@ def join(first, second) -> Sequence:
     return list(first) + list(second)
 
 
+def read_images(paths: Sequence[Path]) -> Iterator[np.ndarray]:
+    """Decode files in order, in parallel, a bounded number at a time (memory does not grow with the list).
+    A file that cannot be read stops the iteration with a ``UserError`` naming it."""
+
+    def read(i):
+        try:
+            return decode(Path(paths[i]))
+        except DECODE_ERRORS as exc:
+            return exc
+
+    for i, found in enumerate(_in_order(read, len(paths))):
+        if isinstance(found, BaseException):
+            raise UserError(f"Cannot read image {paths[i]}: {type(found).__name__}: {found}")
+        yield found
+
+
 def _digest(path: Path) -> bytes:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -60,7 +60,7 @@ def _test_images(tiny_npz):
         return list(npz["test_images"]), npz["test_labels"].ravel()
 
 
-def test_export_writes_the_recommended_model_and_it_predicts_what_the_trial_logged(study, cli, tiny_npz):
+def test_export_writes_the_recommended_model_and_it_predicts_what_the_trial_logged(study, cli, tiny_npz, monkeypatch):
     from freezebench.engine.saved import load_model
     from freezebench.results.tracking import load_arrays
 
@@ -94,6 +94,16 @@ def test_export_writes_the_recommended_model_and_it_predicts_what_the_trial_logg
     np.testing.assert_allclose([[r[f"p_{c}"] for c in saved.classes] for r in rows], logged["probs"], atol=2e-5)
     assert [r["predicted"] for r in rows] == [saved.classes[i] for i in logged["probs"].argmax(1)]
     assert (tmp / "p.csv").read_text().splitlines()[0] == "file,predicted," + ",".join(f"p_{c}" for c in saved.classes)
+
+    # a CSV of paths (relative to it, any order), predicted in batches smaller than the list: the same probabilities
+    monkeypatch.setattr("freezebench.cli.models.PREDICT_BATCH", 5)
+    order = list(range(len(images)))[::-1]
+    (folder / "list.csv").write_text("path,note\n" + "".join(f"{i:02d}.png,x\n" for i in order))
+    code, text, err = cli("predict", "--model", str(out), str(folder / "list.csv"), "--json")
+    assert code == 0, err
+    rows = json.loads(text)
+    assert [r["file"] for r in rows] == [str(folder / f"{i:02d}.png") for i in order]
+    np.testing.assert_allclose([[r[f"p_{c}"] for c in saved.classes] for r in rows], logged["probs"][order], atol=2e-5)
 
 
 def test_export_registers_a_model_version(study, cli):
@@ -130,6 +140,19 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "bad.png"))
     assert code == 2 and "Cannot read image" in err and "Traceback" not in err
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(mixed / f"{i}.png")
+    (mixed / "1b.png").write_bytes(b"broken")  # in the middle of the folder
+    code, _, err = cli("predict", "--model", str(good), str(mixed), "--out", str(tmp_path / "pred.csv"))
+    assert code == 2 and "1b.png" in err and not list(tmp_path.glob("pred.csv*"))  # nothing half-written
+    (tmp_path / "nopath.csv").write_text("file\nok.png\n")
+    code, _, err = cli("predict", "--model", str(good), str(tmp_path / "nopath.csv"))
+    assert code == 2 and "needs a header with a path column" in err
+    (tmp_path / "absent.csv").write_text("path\nnot-there.png\n")
+    code, _, err = cli("predict", "--model", str(good), str(tmp_path / "absent.csv"))
+    assert code == 2 and "not-there.png" in err and "do not exist" in err
     weights = good / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF

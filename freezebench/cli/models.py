@@ -128,42 +128,71 @@ def _register(tracker, name: str, run):
     return client.create_model_version(name, f"{run.info.artifact_uri}/{layout.MODEL_FOLDER}", run_id=run.info.run_id, tags=tags)
 
 
+PREDICT_BATCH = 64
+
+
+def _image_files(item):
+    """The image files an argument of ``predict`` names: a file, a folder (searched recursively), or a CSV
+    with a ``path`` column (relative to the CSV's folder). Every file is checked to exist first."""
+    import csv
+
+    from ..imageio import IMAGE_SUFFIXES
+
+    if item.is_dir():
+        found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        return found
+    if not item.is_file():
+        raise UserError(f"{item} does not exist.")
+    if item.suffix.lower() != ".csv":
+        return [item]
+    try:
+        with open(item, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
+    except UnicodeDecodeError:
+        raise UserError(f"{item}: not UTF-8 text. Save it as UTF-8 (in a spreadsheet: \"CSV UTF-8\").") from None
+    if "path" not in header:
+        raise UserError(f"{item}: needs a header with a path column (one image per row); its first line has {header or 'nothing'}.")
+    listed = [item.parent / (r["path"] or "").strip() for r in rows]
+    absent = [str(p) for p in listed if not p.is_file()]
+    if absent:
+        raise UserError(f"{item}: {len(absent)} rows name files that do not exist, e.g. {absent[:3]}. "
+                        "Paths are read relative to the CSV's folder.")
+    if not listed:
+        raise UserError(f"{item}: has a header but no rows: list one image per row.")
+    return listed
+
+
 @click.command("predict")
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="A folder made by freezebench export.")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the predictions to this CSV file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def predict_cmd(model_dir, images, out, as_json):
-    """Class probabilities for IMAGES (files, or folders of images) from an exported model."""
+    """Class probabilities for IMAGES (image files, folders of images, or CSV files with a path column)
+    from an exported model."""
     import csv
     import os
     from pathlib import Path
 
+    import numpy as np
     from rich import box
     from rich.table import Table
 
     from ..engine.saved import load_model
-    from ..imageio import IMAGE_SUFFIXES, decode
+    from ..imagefiles import read_images
 
-    files = []
-    for item in map(Path, images):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"{item} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"{item} does not exist.")
+    files = [f for item in map(Path, images) for f in _image_files(item)]
     saved = load_model(model_dir)
-    decoded = []
-    for f in files:
-        try:
-            decoded.append(decode(f))
-        except Exception as exc:
-            raise UserError(f"Cannot read image {f}: {type(exc).__name__}: {exc}") from None
-    probs = saved.predict(decoded)
+    probs, batch = [], []
+    for image in read_images(files):  # decoded a batch at a time: memory does not grow with the number of files
+        batch.append(image)
+        if len(batch) == PREDICT_BATCH:
+            probs.append(saved.predict(batch))
+            batch = []
+    probs = np.concatenate(probs + [saved.predict(batch)] if batch else probs)
     classes = saved.classes
     rows = [{"file": str(f), "predicted": classes[int(p.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
             for f, p in zip(files, probs)]
