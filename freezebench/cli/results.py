@@ -58,6 +58,8 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from rich.table import Table
 
     from ..results.evidence import Predictions
+    from ..results import layout
+    from ..results.folds import cross_validated
     from ..results.leaderboard import COSTS, cheapest_first, leaderboard
     from ..results.recommend import recommendations
 
@@ -70,6 +72,9 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     for rec in recommendations(tracker, dataset, metric, suite, rows=every, predictions=predictions):  # the answer first
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for cv in cross_validated(every, predictions):  # k-fold: every image tested once, by the fold that held it out
+        for line in cv.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     title = (f"Leaderboard {dataset}" + (f" (suite {suite})" if suite else "")
              + (f", tied with the first cheapest first by {cheapest}, then the rest by val {metric}" if cheapest else
                 f", confirmed (mean over seeds, xN) then single trials, by val {metric}")
@@ -78,6 +83,11 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     cols = dict(LEADERBOARD_COLUMNS, val=f"val\n{metric}")
     if len({r["backbone"] for r in rows}) <= 1:
         cols.pop("backbone")
+    if any(layout.fold_of(r["study"]) for r in rows):  # k-fold: rows of different folds were tested on different images
+        cols = {"rank": "#", "fold": "fold", **{k: v for k, v in cols.items() if k != "rank"}}
+        for r in rows:
+            found = layout.fold_of(r["study"])
+            r["fold"] = found[1] if found else None
     if console.width < 120:  # keep the table whole on an 80-column terminal; --json has every field
         for c in ("wall_time_s", "best_epoch", "test_f1", "trainable_params", "epoch_time_s", "peak_memory_mb"):
             cols.pop(c)
@@ -97,6 +107,9 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         return
     console.print("vs first: 'tied' = test AUC not significantly worse than the first row's (paired bootstrap on the same "
                   "test images, Holm-corrected); 'worse' = significantly worse.", markup=False, highlight=False, soft_wrap=True)
+    if "fold" in cols:
+        console.print("fold: each fold's rows are tested on its own held-out images; rows of different folds are not "
+                      "compared ('-').", markup=False, highlight=False, soft_wrap=True)
     if any(r.get("degenerate") for r in rows):
         console.print("! predicts one class for every test image (its accuracy is the majority rate)", markup=False)
 

@@ -6,7 +6,7 @@ which rows are statistically tied with the first.
 - Every row is compared with the first (the row chosen on validation) on the same test images: the
   AUC difference by paired bootstrap, p-values Holm-corrected over the rows compared. A row is
   **tied with the first** unless it is significantly worse. A row tested on other images (another
-  split) is not compared (``tied_with_first`` is None).
+  split, another fold: its ``split_hash`` differs) is not compared (``tied_with_first`` is None).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def add_evidence(client, rows: list[dict], predictions: Predictions | None = Non
         r["tied_with_first"] = None
         if i == 0:
             r["tied_with_first"] = first is not None
-        elif first is not None and got is not None and np.array_equal(got[0], first[0]):
+        elif (first is not None and got is not None and r.get("split_hash") == rows[0].get("split_hash")
+              and np.array_equal(got[0], first[0])):
             compared.append((r, stats.compare(first[0], got[1], first[1], TIE_METRIC)))
     for (r, c) in zip([r for r, _ in compared], stats.holm([c for _, c in compared])):
         r[f"vs_first_{TIE_METRIC}"] = c.difference.value

@@ -56,6 +56,20 @@ LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
 
 
+def study_name(suite: str, dataset: str, backbone: str, fold: int | None = None) -> str:
+    """A study's name: SUITE/DATASET/BACKBONE, or SUITE/DATASET/foldN/BACKBONE for one fold of a k-fold
+    protocol (suite names and dataset labels hold no "/", so the two forms cannot be confused)."""
+    return "/".join([suite, dataset, *([f"fold{fold}"] if fold is not None else []), backbone])
+
+
+def fold_of(study: str) -> tuple[str, int] | None:
+    """(the study's name without its fold, the fold) for a fold's study; None for any other study."""
+    parts = study.split("/")
+    if len(parts) != 4 or not parts[2].startswith("fold") or not parts[2][4:].isdigit():
+        return None
+    return "/".join(parts[:2] + parts[3:]), int(parts[2][4:])
+
+
 def path_component(name: str) -> str:
     """``name`` as one safe file or folder name: never a path (no separators, no "." or ".."), nothing
     outside letters, digits and ``._-`` (others become ``_``, with a short hash so names stay distinct)."""

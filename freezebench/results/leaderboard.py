@@ -74,6 +74,7 @@ def _row(run, seeds: list, metric: str) -> dict:
     row = {
         "run_name": run.info.run_name,
         "study": t.get(layout.STUDY_NAME, ""),
+        "split_hash": p.get("split_hash"),  # which images were tested: rows of other splits (folds) are not compared
         "backbone": t.get(layout.BACKBONE, ""),
         **{c: typed(p.get(c)) for c in PARAM_COLUMNS},
         "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),

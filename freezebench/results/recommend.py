@@ -45,7 +45,9 @@ class Recommendation:
         val = b[f"val_{self.metric}"]
         chosen = (f"chosen on mean validation {self.metric} {val:.3f} ±{b[f'val_{self.metric}_std']:.3f} over {b['seeds']} seeds"
                   if b.get("confirmed") else f"chosen on validation {self.metric} {val:.3f} (one seed: not confirmed)")
-        out = [f"Recommended for {self.dataset} x {self.backbone}: {what} ({frozen_text}), lr {b['lr']:.2g}, "
+        fold = layout.fold_of(self.study)
+        where = f"{self.dataset} x {self.backbone}" + (f", fold {fold[1]}" if fold else "")
+        out = [f"Recommended for {where}: {what} ({frozen_text}), lr {b['lr']:.2g}, "
                f"head LR x{b['head_lr_mult']:g}, BN {b['bn_policy']}; {chosen}."]
         if not self.intervals:
             out.append("  (no test predictions recorded for it: no intervals)")

@@ -25,6 +25,7 @@ from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, colour, py
 from ..errors import UserError
 from . import layout
 from .evidence import Predictions
+from .folds import cross_validated
 from .leaderboard import leaderboard, validation, versus_first, with_ci
 from .ranking import cd_diagram, rank_strategies
 from .recommend import recommendations
@@ -198,6 +199,11 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
                 if r.get("test_auc") is not None:
                     best_of.setdefault(r["strategy"], r["test_auc"])
             across[study] = best_of
+        for cv in cross_validated(rows, predictions):  # k-fold: the folds' choices pooled, every image tested once
+            lines = cv.lines()
+            answers.append(f'<section class="answer"><h3>{html.escape(cv.study)}: cross-validated</h3><p><b>'
+                           f'{html.escape(lines[0])}</b></p><ul>' + "".join(f"<li>{html.escape(line.strip())}</li>"
+                                                                        for line in lines[1:]) + "</ul></section>")
         shown = [{**r, f"val {metric}": validation(r, metric), "vs first": versus_first(r),
                   **{f"test {m} [95% CI]": with_ci(r, m) for m in ("accuracy", "balanced_accuracy", "auc")}} for r in rows]
         columns = ["rank", "study", "backbone", "strategy", "strategy_params", "lr", "head_lr_mult", "bn_policy", "epochs",

@@ -18,6 +18,7 @@ from ..engine.units import with_granularity
 from ..errors import UserError
 from ..imagefiles import sizes_ahead
 from ..records import DEFAULTS
+from ..results import layout
 from ..strategy import parse_window
 from ..weights import is_url
 from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
@@ -39,8 +40,7 @@ class StudyPlan:
 
     @property
     def name(self) -> str:
-        fold = f"/fold{self.fold}" if self.fold is not None else ""
-        return f"{self.suite.name}/{self.dataset_ref.label}{fold}/{self.backbone_ref.name}"
+        return layout.study_name(self.suite.name, self.dataset_ref.label, self.backbone_ref.name, self.fold)
 
 
 @dataclass
