@@ -74,7 +74,6 @@ def _row(run, seeds: list, metric: str) -> dict:
     row = {
         "run_name": run.info.run_name,
         "study": t.get(layout.STUDY_NAME, ""),
-        "split_hash": p.get("split_hash"),  # which images were tested: rows of other splits (folds) are not compared
         "backbone": t.get(layout.BACKBONE, ""),
         **{c: typed(p.get(c)) for c in PARAM_COLUMNS},
         "strategy_params": t.get(layout.STRATEGY_PARAMS, "-"),
@@ -106,6 +105,7 @@ def _row(run, seeds: list, metric: str) -> dict:
         "run_id": run.info.run_id,
         "seed_run_ids": [r.info.run_id for r in seeds],
         "model_run_id": kept[0].info.run_id if kept else None,
+        "split_hash": p.get("split_hash"),  # which images were tested: rows of other splits (folds) are not compared
     })
     for k, v in row["params"].items():  # also at the top ("k"), unless the name is a field of the row or its rank
         if k not in row and k != "rank":
