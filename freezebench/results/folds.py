@@ -22,7 +22,7 @@ class CrossValidated:
     picks: dict[int, dict] = field(default_factory=dict)  # fold -> its first leaderboard row
     n_test: int = 0
     pooled: dict[str, stats.Interval] = field(default_factory=dict)  # over every image, each tested once
-    per_fold: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per fold (mean of seeds)
+    per_fold: dict[str, list[float]] = field(default_factory=dict)  # metric -> each fold's row's test value (mean of seeds)
 
     def as_dict(self) -> dict:
         return {"study": self.study, "folds": sorted(self.picks), "n_test": self.n_test,
@@ -69,9 +69,8 @@ def cross_validated(rows: list[dict], predictions: Predictions) -> list[CrossVal
             mean = got[1].mean(axis=0)  # over the configuration's seeds
             labels.append(got[0])
             probs.append(mean)
-            point = stats.point_metrics(got[0], mean)
-            for metric in per_fold:
-                per_fold[metric].append(point[metric])
+            for metric in per_fold:  # as the leaderboard shows the row: its mean over seeds
+                per_fold[metric].append(cv.picks[fold][f"test_{metric}"])
         else:
             if len(cv.picks) >= 2:
                 cv.n_test = sum(len(x) for x in labels)
