@@ -65,7 +65,7 @@ def test_the_leaderboard_pools_each_folds_choice_and_compares_only_within_a_fold
     assert code == 0, err
     flat = " ".join(text.split())
     assert "Cross-validated, tiny/tinybreast/mobilenetv2_100 (3 folds" in flat
-    assert "48 test images, each tested once" in flat and f"auc {auc:.3f} [" in flat
+    assert "48 test images, each tested once" in flat and f"auc {auc:.3f} [" in flat  # one seed: its own AUC
     assert "auc per fold:" in flat and "Chosen: linear_probe" in flat
 
 
@@ -76,3 +76,28 @@ def test_the_report_leads_with_the_cross_validated_answer_and_labels_each_fold(c
     assert "tiny/tinybreast/mobilenetv2_100: cross-validated" in page and "48 test images, each tested once" in page
     assert page.index("cross-validated") < page.index("Leaderboard: tinybreast")
     assert all(f"Recommended for tinybreast x mobilenetv2_100, fold {f}:" in page for f in range(3))
+
+
+def test_pooling_is_per_seed_then_the_mean_over_seeds():
+    from freezebench.results.folds import cross_validated
+
+    rng = np.random.default_rng(0)
+    labels = {f: rng.integers(0, 2, 20 + f) for f in range(3)}
+    probs = {}
+    for f in range(3):  # 3 seeds per fold, seeds disagreeing so that an ensemble would score differently
+        p1 = rng.random((3, len(labels[f])))
+        probs[f] = np.stack([1 - p1, p1], axis=-1)
+    rows = [{"study": f"s/d/fold{f}/b", "run_id": str(f), "test_auc": 0.5, "test_accuracy": 0.5} for f in (2, 0, 1)]
+
+    class Fake:
+        def row(self, row):
+            f = int(row["run_id"])
+            return labels[f], probs[f]
+
+    (cv,) = cross_validated(rows, Fake())
+    y = np.concatenate([labels[f] for f in range(3)])
+    per_seed = [stats.point_metrics(y, np.concatenate([probs[f][s] for f in range(3)]))["accuracy"] for s in range(3)]
+    assert cv.n_test == 63 and cv.pooled["accuracy"].value == pytest.approx(np.mean(per_seed))
+    ensemble = stats.point_metrics(y, np.concatenate([probs[f].mean(0) for f in range(3)]))["accuracy"]
+    assert ensemble != pytest.approx(np.mean(per_seed))  # the two differ here: the test can tell them apart
+    assert sorted(cv.picks) == [0, 1, 2] and cv.per_fold["auc"] == [0.5, 0.5, 0.5]

@@ -36,7 +36,7 @@ class CrossValidated:
         out = [f"Cross-validated, {self.study} ({len(folds)} folds; each fold's configuration chosen on its own "
                f"validation split): {self.n_test} test images, each tested once."]
         if self.pooled:
-            out.append("  Pooled over the folds, 95% CI: "
+            out.append("  Pooled over the folds (mean over seeds), 95% CI: "
                        + ", ".join(f"{m.replace('_', ' ')} {self.pooled[m]}" for m in ("auc", "accuracy", "balanced_accuracy")
                                    if m in self.pooled) + ".")
         for metric, values in self.per_fold.items():
@@ -61,20 +61,12 @@ def cross_validated(rows: list[dict], predictions: Predictions) -> list[CrossVal
             groups.setdefault(found[0], CrossValidated(found[0])).picks.setdefault(found[1], r)
     out = []
     for cv in groups.values():
-        labels, probs, per_fold = [], [], {"auc": [], "accuracy": []}
-        for fold in sorted(cv.picks):
-            got = predictions.row(cv.picks[fold])
-            if got is None:
-                break
-            mean = got[1].mean(axis=0)  # over the configuration's seeds
-            labels.append(got[0])
-            probs.append(mean)
-            for metric in per_fold:  # as the leaderboard shows the row: its mean over seeds
-                per_fold[metric].append(cv.picks[fold][f"test_{metric}"])
-        else:
-            if len(cv.picks) >= 2:
-                cv.n_test = sum(len(x) for x in labels)
-                cv.pooled = stats.intervals(np.concatenate(labels), np.concatenate(probs))
-                cv.per_fold = per_fold
-                out.append(cv)
+        got = [predictions.row(cv.picks[fold]) for fold in sorted(cv.picks)]
+        if len(got) < 2 or any(g is None for g in got):
+            continue
+        seeds = min(g[1].shape[0] for g in got)  # seed i of every fold pooled together: the mean over seeds, as rows
+        cv.n_test = sum(len(g[0]) for g in got)
+        cv.pooled = stats.intervals(np.concatenate([g[0] for g in got]), np.concatenate([g[1][:seeds] for g in got], axis=1))
+        cv.per_fold = {m: [cv.picks[f][f"test_{m}"] for f in sorted(cv.picks)] for m in ("auc", "accuracy")}
+        out.append(cv)
     return out
