@@ -94,7 +94,7 @@ class ImageFiles(Sequence):
     def key(self) -> str:
         h = hashlib.sha256(b"images-v1")
         for p, d in zip(self.paths, self.digests):
-            h.update(p.name.encode() + b"\0" + d)
+            h.update(os.fsencode(p.name) + b"\0" + d)
         return h.hexdigest()[:24]
 
     def fingerprints(self) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +268,7 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
         raise UserError(f"Cannot read image {exc.filename}: {exc.strerror or exc}. Fix its permissions or remove it.") from None
     h = hashlib.sha256(f"{_INDEX_VERSION}:{on_error}".encode())
     for p, d in zip(paths, digests):
-        h.update(p.name.encode() + b"\0" + d)
+        h.update(os.fsencode(p.name) + b"\0" + d)
     index = cache_dir() / "index" / f"{h.hexdigest()[:24]}.npz"
     if cache and index.is_file():
         with contextlib.suppress(Exception):  # a damaged entry: read the files again
@@ -283,7 +283,7 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
         try:
             data = paths[i].read_bytes()
             image = decode(data)
-            return fingerprint(image), [resize_one(image, size, mode) for size, mode in ahead], data
+            return fingerprint(image), [resize_one(image, size, mode) for size, mode in ahead], hashlib.sha256(data).digest()
         except DECODE_ERRORS as exc:
             return exc
 
@@ -299,8 +299,8 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
                     out.abandon()
                 ahead = {}
                 continue
-            (b, t), rows, data = found
-            if hashlib.sha256(data).digest() != digests[i]:
+            (b, t), rows, digest = found
+            if digest != digests[i]:  # rewritten between the digest pass and this one
                 raise UserError(f"Image {paths[i]} changed while its dataset was loaded. Run again once it is written.")
             for out, row in zip(list(ahead.values()), rows):
                 out.write(row)

@@ -4,6 +4,8 @@ rebuilt; and no native-resolution pixels are kept."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -186,3 +188,14 @@ def test_a_full_disk_while_resizing_ahead_loads_the_dataset_anyway(tmp_path, cac
     assert kept == list(range(5)) and not list((cache / "resized").glob("*"))  # no temporary left either
     monkeypatch.setattr(imagefiles._NpyOut, "write", write)
     assert np.array_equal(files.resized(16), resize_all([files[i] for i in range(5)], 16))
+
+
+def test_a_file_name_that_is_not_utf8_loads_and_caches(tmp_path, cache):
+    import os
+
+    folder = tmp_path / "imgs"
+    (good,) = _images(folder, n=1)
+    odd = Path(os.fsdecode(bytes(folder) + b"/scan-\xff\xfe.png"))  # bytes that are no UTF-8: a surrogate-escaped name
+    Image.fromarray(np.full((9, 9), 5, np.uint8)).save(odd)
+    files, kept = decode_files([good, odd])
+    assert kept == [0, 1] and files.resized(8).shape == (2, 3, 8, 8) and int(files[1][0, 0]) == 5
