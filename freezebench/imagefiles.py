@@ -1,10 +1,12 @@
 """Datasets of image files, read so that memory follows what training uses, not the files' pixels.
 
-``decode_files`` reads every file once: its content digest, whether it decodes (the error policy),
-and its leak-audit fingerprint. It keeps no pixels: the result, ``ImageFiles``, is a sequence that
-decodes an image when asked. ``resized(size, mode)`` gives the whole set at one training size as a
-``(N, 3, S, S)`` uint8 array, decoded in parallel and cached on disk (memory-mapped when read back),
-so a folder of 20,000 large images costs 20,000 x 3 x S x S bytes, and a rerun decodes nothing.
+``decode_files`` hashes every file and, unless its index is cached, decodes each once: whether it
+decodes (the error policy) and its leak-audit fingerprint; sizes announced with ``sizes_ahead`` are
+resized in the same pass. It keeps no pixels: the result, ``ImageFiles``, is a sequence that decodes
+an image when asked. ``resized(size, mode)`` gives the whole set at one training size as a
+``(N, 3, S, S)`` uint8 array, decoded in parallel and cached on disk (memory-mapped when read back;
+``rows`` are read without mapping), so a folder of 20,000 large images costs 20,000 x 3 x S x S
+bytes, and a rerun decodes nothing.
 
 Both caches live under ``cache_dir()`` and are keyed by the files' content (names and bytes):
 ``index/KEY.npz`` (what decoded, fingerprints) and ``resized/KEY-SIZE-MODE.npy``. Entries are written
