@@ -55,6 +55,22 @@ def workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _content_key(salt: str, paths: Sequence[Path], digests: Sequence[bytes]) -> str:
+    """A cache key for files by their names and contents (a name that is not UTF-8 included)."""
+    h = hashlib.sha256(salt.encode())
+    for p, d in zip(paths, digests):
+        h.update(os.fsencode(p.name) + b"\0" + d)
+    return h.hexdigest()[:24]
+
+
+def _stacked(rows: Iterator[np.ndarray], shape: tuple) -> np.ndarray:
+    """``rows`` (each ``shape[1:]``) into one uint8 array of ``shape``, in memory."""
+    out = np.empty(shape, np.uint8)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out
+
+
 def _in_order(fn: Callable[[int], object], n: int) -> Iterator[object]:
     """``fn(i)`` for i in 0..n-1, computed in parallel, yielded in order, at most CHUNK results held."""
     with ThreadPoolExecutor(max_workers=workers()) as pool:
@@ -94,10 +110,7 @@ class ImageFiles(Sequence):
 
     @property
     def key(self) -> str:
-        h = hashlib.sha256(b"images-v1")
-        for p, d in zip(self.paths, self.digests):
-            h.update(os.fsencode(p.name) + b"\0" + d)
-        return h.hexdigest()[:24]
+        return _content_key("images-v1", self.paths, self.digests)
 
     def fingerprints(self) -> tuple[np.ndarray, np.ndarray]:
         return self.bits, self.thumbs
@@ -120,18 +133,19 @@ class ImageFiles(Sequence):
         """The images at ``size`` x ``size``: uint8 (N, 3, S, S), memory-mapped from the disk cache when it can
         be. With ``rows`` (indices), only those images, read from the cache into memory without mapping it."""
         target, shape = self._resized_path(size, mode), (len(self), 3, size, size)
+
+        def one(i) -> np.ndarray:
+            return resize_one(decode(self._bytes(int(i))), size, mode)
+
         if self.cache and not _valid_npy(target, shape):
             try:
-                _write_npy(target, shape, _in_order(lambda i: resize_one(decode(self._bytes(i)), size, mode), len(self)))
+                _write_npy(target, shape, _in_order(one, len(self)))
             except OSError as exc:  # read-only, full, not ours: work in memory
                 _warn_uncached(target.parent, exc)
         if self.cache and _valid_npy(target, shape):
             return np.load(target, mmap_mode="c", allow_pickle=False) if rows is None else _read_rows(target, shape, rows)
         idx = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(idx), 3, size, size), np.uint8)
-        for j, row in enumerate(_in_order(lambda j: resize_one(decode(self._bytes(int(idx[j]))), size, mode), len(idx))):
-            out[j] = row
-        return out
+        return _stacked(_in_order(lambda j: one(idx[j]), len(idx)), (len(idx), 3, size, size))
 
 
 def _valid_npy(path: Path, shape: tuple) -> bool:
@@ -203,10 +217,7 @@ def resize_all(images, size: int, mode: str = "stretch", rows=None) -> np.ndarra
     if isinstance(images, ImageFiles):
         return images.resized(size, mode, rows)
     idx = range(len(images)) if rows is None else [int(i) for i in rows]
-    out = np.empty((len(idx), 3, size, size), np.uint8)
-    for j, image in enumerate(_in_order(lambda j: resize_one(images[idx[j]], size, mode), len(idx))):
-        out[j] = image
-    return out
+    return _stacked(_in_order(lambda j: resize_one(images[idx[j]], size, mode), len(idx)), (len(idx), 3, size, size))
 
 
 def fingerprints(images) -> tuple[np.ndarray, np.ndarray]:
@@ -268,10 +279,7 @@ def decode_files(paths: Sequence[Path], on_error: str = "fail", *, cache: bool =
         digests = list(_in_order(lambda i: _digest(paths[i]), len(paths)))
     except OSError as exc:
         raise UserError(f"Cannot read image {exc.filename}: {exc.strerror or exc}. Fix its permissions or remove it.") from None
-    h = hashlib.sha256(f"{_INDEX_VERSION}:{on_error}".encode())
-    for p, d in zip(paths, digests):
-        h.update(os.fsencode(p.name) + b"\0" + d)
-    index = cache_dir() / "index" / f"{h.hexdigest()[:24]}.npz"
+    index = cache_dir() / "index" / f"{_content_key(f'{_INDEX_VERSION}:{on_error}', paths, digests)}.npz"
     if cache and index.is_file():
         with contextlib.suppress(Exception):  # a damaged entry: read the files again
             with np.load(index, allow_pickle=False) as npz:

@@ -45,6 +45,11 @@ def _cell(c: str, r: dict, metric: str) -> str:
         return f"{r[c]:.3f}{flag} {low:.2f}-{high:.2f}"
     if c == "val" and r.get("confirmed"):
         return f"{r[f'val_{metric}']:.3f}±{r[f'val_{metric}_std']:.3f} x{r['seeds']}"
+    if c == "fold":
+        from ..results.layout import fold_of
+
+        found = fold_of(r["study"])
+        return str(found[1]) if found else "-"
     if c == "tie":
         from ..results.leaderboard import versus_first
 
@@ -57,8 +62,8 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from rich import box
     from rich.table import Table
 
-    from ..results.evidence import Predictions
     from ..results import layout
+    from ..results.evidence import Predictions
     from ..results.folds import cross_validated
     from ..results.leaderboard import COSTS, cheapest_first, leaderboard
     from ..results.recommend import recommendations
@@ -85,9 +90,6 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         cols.pop("backbone")
     if any(layout.fold_of(r["study"]) for r in rows):  # k-fold: rows of different folds were tested on different images
         cols = {"rank": "#", "fold": "fold", **{k: v for k, v in cols.items() if k != "rank"}}
-        for r in rows:
-            found = layout.fold_of(r["study"])
-            r["fold"] = found[1] if found else None
     if console.width < 120:  # keep the table whole on an 80-column terminal; --json has every field
         for c in ("wall_time_s", "best_epoch", "test_f1", "trainable_params", "epoch_time_s", "peak_memory_mb"):
             cols.pop(c)

@@ -24,13 +24,6 @@ class CrossValidated:
     pooled: dict[str, stats.Interval] = field(default_factory=dict)  # over every image, each tested once
     per_fold: dict[str, list[float]] = field(default_factory=dict)  # metric -> each fold's row's test value (mean of seeds)
 
-    def as_dict(self) -> dict:
-        return {"study": self.study, "folds": sorted(self.picks), "n_test": self.n_test,
-                "pooled": {k: {"value": v.value, "low": v.low, "high": v.high} for k, v in self.pooled.items()},
-                "per_fold": self.per_fold,
-                "picks": {str(f): {"run_name": r["run_name"], "strategy": r["strategy"], "strategy_params": r["strategy_params"],
-                                   "lr": r["lr"], "seeds": r["seeds"]} for f, r in sorted(self.picks.items())}}
-
     def lines(self) -> list[str]:
         folds = sorted(self.picks)
         out = [f"Cross-validated, {self.study} ({len(folds)} folds; each fold's configuration chosen on its own "

@@ -84,6 +84,12 @@ def _img(png: bytes, title: str) -> str:
             f'<figcaption>{html.escape(title)}</figcaption></figure>')
 
 
+def _answer(title: str, lines: list[str], figure: str = "") -> str:
+    """One answer section: its first line in bold, the others as a list, then an optional figure."""
+    return (f'<section class="answer"><h3>{html.escape(title)}</h3><p><b>{html.escape(lines[0])}</b></p><ul>'
+            + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + f"</ul>{figure}</section>")
+
+
 def _cell(v) -> str:
     return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))
 
@@ -190,20 +196,15 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         for study in dict.fromkeys(r["study"] for r in rows):
             mine = [r for r in rows if r["study"] == study]  # ranked: the first is the recommended one
             rec = recs.get(study)
-            lines = rec.lines() if rec else [f"{study}: no finished trial."]
-            answers.append(f'<section class="answer"><h3>{html.escape(study)}</h3><p><b>{html.escape(lines[0])}</b></p><ul>'
-                           + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>"
-                           + _svg(comparison_figure(mine)) + "</section>")
+            answers.append(_answer(study, rec.lines() if rec else [f"{study}: no finished trial."],
+                                   _svg(comparison_figure(mine))))
             best_of: dict[str, float] = {}
             for r in mine:
                 if r.get("test_auc") is not None:
                     best_of.setdefault(r["strategy"], r["test_auc"])
             across[study] = best_of
         for cv in cross_validated(rows, predictions):  # k-fold: the folds' choices pooled, every image tested once
-            lines = cv.lines()
-            answers.append(f'<section class="answer"><h3>{html.escape(cv.study)}: cross-validated</h3><p><b>'
-                           f'{html.escape(lines[0])}</b></p><ul>' + "".join(f"<li>{html.escape(line.strip())}</li>"
-                                                                        for line in lines[1:]) + "</ul></section>")
+            answers.append(_answer(f"{cv.study}: cross-validated", cv.lines()))
         shown = [{**r, f"val {metric}": validation(r, metric), "vs first": versus_first(r),
                   **{f"test {m} [95% CI]": with_ci(r, m) for m in ("accuracy", "balanced_accuracy", "auc")}} for r in rows]
         columns = ["rank", "study", "backbone", "strategy", "strategy_params", "lr", "head_lr_mult", "bn_policy", "epochs",

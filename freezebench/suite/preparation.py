@@ -198,7 +198,7 @@ def _split(dataset: ImageDataset, protocol: SplitProtocol, load_external, key: s
 def _input_sizes(suite: Suite) -> set[tuple[int, str]]:
     """The (image size, resize mode) pairs the suite's trials will ask for, when they are listed (not a range)."""
     sizes, modes = (suite.params.get(k, DEFAULTS[k]) for k in ("image_size", "resize_mode"))
-    if isinstance(sizes, Range) or isinstance(modes, Range):
+    if isinstance(sizes, Range):  # searched over a range: not known ahead
         return set()
     return {(int(size), str(mode)) for size in _values(sizes) for mode in _values(modes)}
 
