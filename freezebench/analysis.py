@@ -18,7 +18,7 @@ from . import plugins
 from .records import HIGHER_IS_BETTER, TrialOutputs
 
 __all__ = ["Output", "TrialOutputs", "StudyRecords", "pyplot", "colour", "best_per_group", "best_per_case",
-           "trial_analyses", "weight_class_correlation", "epochs_to_converge"]
+           "trial_analyses", "case_name", "weight_class_correlation", "epochs_to_converge"]
 
 DEFAULT_SECTION = "Inside the networks"
 
@@ -119,14 +119,19 @@ def epochs_to_converge(val_loss: list[float], tolerance: float = 0.01) -> int:
     return len(val_loss)
 
 
+def case_name(strategy: str, strategy_params: dict[str, Any]) -> str:
+    """A case: a strategy with its own parameters ("linear_probe", "freeze_to k=5"), whatever the learning
+    rate and other settings. ``strategy_params`` in the strategy's declared order."""
+    return " ".join([strategy, *(f"{p}={v}" for p, v in strategy_params.items())])
+
+
 def best_per_case(s: StudyRecords) -> dict[str, dict]:
-    """The best complete trial (by validation metric) of each case: a strategy with its own parameters
-    ("linear_probe", "freeze_to k=5"), whatever the learning rate and other settings."""
+    """The best complete trial (by validation metric) of each case (``case_name``)."""
     own = {e.name: [p.name for p in e.obj.params] for e in plugins.strategies().entries()}
 
     def case(t: dict) -> str:
         strategy = t["params"].get("strategy", "?")
-        return " ".join([strategy, *(f"{p}={t['params'][p]}" for p in own.get(strategy, []) if p in t["params"])])
+        return case_name(strategy, {p: t["params"][p] for p in own.get(strategy, []) if p in t["params"]})
 
     return best_per_group(s.trials, s.metric, case)
 

@@ -85,7 +85,9 @@ def trial_trained(trial):
     :param trial: the trained trial: as in ``trial_started``, plus ``outputs`` (``TrialOutputs``,
         which an implementation may enrich for trial analyses), ``test_images`` (uint8, as the
         model sees them before normalisation), ``test_labels``, ``normalize`` (uint8 batch ->
-        model input) and ``compute`` (device, AMP and memory format).
+        model input), ``compute`` (device, AMP and memory format) and ``inspect``: whether this
+        trial's analyses run (the suite's ``analyses`` setting: by default only a trial that is the
+        best so far of its case). Skip costly inspection when ``inspect`` is false.
 
     Return a list of ``freezebench.analysis.Output`` (figures, data, arrays) to store with the
     trial, or None. Every implementation's outputs are kept.

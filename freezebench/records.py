@@ -232,6 +232,7 @@ class TrialResult:
     class_names: tuple[str, ...] = ()
     outputs: TrialOutputs | None = None  # the trained model's test-set outputs, for analyses
     artifacts: list = field(default_factory=list)  # Outputs (figures, data, arrays) made by analyses and plugins
+    inspected: bool = True  # whether the trial analyses (and test figures) are to run on it
     backbone: Any = field(default=None, repr=False)  # the trained network (a Backbone), to keep as the trial's model
     peak_memory_mb: float | None = None  # CUDA: the trial's peak allocated memory; CPU: the process's peak RSS so far
     peak_memory_of: str = ""  # "cuda allocated" or "process max RSS"

@@ -204,7 +204,9 @@ class DeconvComparison:
 
 @hookimpl
 def trial_trained(trial):
-    """Grad-CAM and the deconvnet view of the trained model on a few test images."""
+    """Grad-CAM and the deconvnet view of the trained model on a few test images (analysed trials only)."""
+    if not trial.inspect:
+        return
     from .deconv import unit_layers  # torch: only when a trial is trained, not when plugins load
     from .saliency import saliency_maps
 

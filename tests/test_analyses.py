@@ -86,15 +86,60 @@ def test_run_announces_the_grid_size_not_the_cap(sweep):
     assert ": 1 study, 6 trials; results in" in out  # n_trials = 20, but the grid has 3 x 2 points
 
 
-def test_trial_runs_carry_the_trial_analyses(sweep):
+FULL_SET = {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json",
+            "grad_cam.png", "grad_cam.npz", "deconv_view.png", "deconv_view.npz", "test_predictions.npz"}
+
+
+def test_analyses_run_on_each_trial_that_was_its_cases_best_so_far(sweep):
+    """analyses = "best" (the default): a trial is analysed when, as it finished, it tied or beat every earlier
+    trial of its case (freeze_to k): so every case's final best trial has the analyses, and a trial beaten
+    earlier in its case has only its predictions (what the leaderboard's statistics need)."""
     from mlflow.tracking import MlflowClient
+
+    from freezebench.results import layout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinybreast")
-    run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
-    names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"output_scores.png", "fc_weights.png", "weight_class_correlation.png", "weight_class_correlation.json",
-            "grad_cam.png", "grad_cam.npz", "deconv_view.png", "deconv_view.npz", "test_predictions.npz"} <= names
+    runs = sorted(client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'"),
+                  key=lambda r: int(r.data.tags[layout.OPTUNA_TRIAL]))  # one process: trial order is finish order
+    assert len(runs) == 6
+    seen: dict[str, list[float]] = {}
+    for run in runs:
+        case, value = run.data.params["k"], run.data.metrics["best_val_f1"]
+        expected = value >= max(seen.get(case, [value]))
+        seen.setdefault(case, []).append(value)
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert run.data.tags[layout.ANALYSED] == str(expected).lower(), run.info.run_name
+        if expected:
+            assert FULL_SET <= names, run.info.run_name
+        else:
+            assert "test_predictions.npz" in names and not any(n.endswith(".png") for n in names), names
+    for case, values in seen.items():  # the best of each case is analysed, whatever the order
+        best = next(r for r in runs if r.data.params["k"] == case and r.data.metrics["best_val_f1"] == max(values))
+        assert best.data.tags[layout.ANALYSED] == "true"
+
+
+def test_analyses_all_and_none(tmp_path, tiny_npz, cli):
+    """analyses = "all" analyses every trial and every confirmation re-run; "none" none of them."""
+    from mlflow.tracking import MlflowClient
+
+    from freezebench.results import layout
+
+    for policy in ("all", "none"):
+        config = write_suite(tmp_path / f"{policy}.toml", tiny_npz, strategy='"linear_probe"', n_trials=2,
+                             extra=f'analyses = "{policy}"\n', confirm="{ top = 1, references = false, seeds = 1 }")
+        results = tmp_path / policy
+        code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+        assert code == 0, err
+        client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("tinybreast")
+        runs = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get(layout.ROLE) in (layout.TRIAL, layout.CONFIRM)]
+        assert {r.data.tags[layout.ROLE] for r in runs} == {"trial", "confirm"}
+        for run in runs:
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert run.data.tags[layout.ANALYSED] == str(policy == "all").lower()
+            assert ("fc_weights.png" in names) == (policy == "all") and "test_predictions.npz" in names
 
 
 def _records(sweep):

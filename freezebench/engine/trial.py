@@ -34,7 +34,8 @@ class TrialState:
 
     ``model`` is the module that trains: the whole backbone, or the suffix after a cached frozen
     prefix (``backbone.model`` is always the whole network). The test-set fields are set once
-    the model is trained, for ``trial_trained``.
+    the model is trained, for ``trial_trained``; so is ``inspect``: whether this trial's analyses
+    run (the suite's ``analyses`` setting). Costly inspection in ``trial_trained`` runs only then.
     """
 
     config: TrialConfig
@@ -49,6 +50,7 @@ class TrialState:
     test_images: torch.Tensor | None = None  # uint8 (N, 3, S, S), before normalisation
     test_labels: torch.Tensor | None = None
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+    inspect: bool = True
 
 
 def _cache_plan(cfg: TrialConfig, backbone: Backbone, plan: FreezePlan, data: dict[str, SplitTensors]):
@@ -104,8 +106,10 @@ def fit(
     cache: DataCache | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     started: float | None = None,
+    inspect: Callable[[dict[str, float]], bool] | bool = True,
 ) -> TrialResult:
-    """Train a planned backbone on ``dataset`` and measure it."""
+    """Train a planned backbone on ``dataset`` and measure it. ``inspect``: whether the trained model's
+    analyses run, or a function of the selected epoch's validation metrics that says so."""
     start = time.perf_counter() if started is None else started
     compute = resolve_compute(cfg.device, cfg.amp, cfg.channels_last)
     copies = cfg.augment_copies if cfg.augment == "offline" else 0
@@ -195,6 +199,7 @@ def fit(
     state.outputs = collect_trial_outputs(model, backbone.model.get_submodule(backbone.head.name), data["test"].images,
                                           data["test"].labels, norm, cfg.strategy, dataset.classes, cfg.batch_size, compute)
     state.test_images, state.test_labels, state.normalize = pixels["test"].images, pixels["test"].labels, pixel_norm
+    state.inspect = bool(inspect(outcome.best_val) if callable(inspect) else inspect)
     artifacts = [out for outs in hooks.trial_trained(trial=state) if outs for out in outs]
     peak, peak_of = _peak_memory(compute)
     return TrialResult(
@@ -214,6 +219,7 @@ def fit(
         class_names=tuple(dataset.classes),
         outputs=state.outputs,
         artifacts=artifacts,
+        inspected=state.inspect,
         peak_memory_mb=peak,
         peak_memory_of=peak_of,
     )
@@ -243,9 +249,10 @@ def run_trial(
     strategy: Strategy,
     cache: DataCache | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    inspect: Callable[[dict[str, float]], bool] | bool = True,
 ) -> TrialResult:
-    """One whole trial: seed, build the backbone, plan and apply the freeze, train, measure."""
+    """One whole trial: seed, build the backbone, plan and apply the freeze, train, measure (``fit``)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     backbone, plan = build_and_plan(cfg, dataset.num_classes, spec, weights, strategy)
-    return fit(cfg, backbone, plan, dataset, cache, on_epoch, started=start)
+    return fit(cfg, backbone, plan, dataset, cache, on_epoch, started=start, inspect=inspect)

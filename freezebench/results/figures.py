@@ -31,13 +31,17 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
     return out
 
 
-def test_figures(labels: np.ndarray, probs: np.ndarray, class_names) -> list[Output]:
+def test_figures(labels: np.ndarray, probs: np.ndarray, class_names, figures: bool = True) -> list[Output]:
+    """The test predictions and confusion matrix (always: the leaderboard's statistics read them), and with
+    ``figures`` the confusion-matrix and ROC figures."""
     from sklearn.metrics import auc
 
     names = list(class_names) or [str(i) for i in range(probs.shape[1])]
     outputs = [Output(layout.TEST_PREDICTIONS, arrays={"labels": np.asarray(labels), "probs": np.asarray(probs, dtype=np.float64)})]
     matrix = confusion(labels, probs)
     outputs.append(Output("test_confusion_matrix.json", data={"classes": names, "matrix": matrix.tolist()}))
+    if not figures:
+        return outputs
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")

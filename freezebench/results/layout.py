@@ -100,6 +100,7 @@ def where(role: str | None = None, *, finished: bool = False, **tags: str | None
 
 
 MODEL = tag("model")  # "kept" when the run holds its trained model under MODEL_FOLDER
+ANALYSED = tag("analysed")  # "true" when the trial analyses and test figures ran on the run (the suite's ``analyses``)
 DEGENERATE = tag("degenerate")  # "true" when the trial predicts one class for every test image
 
 

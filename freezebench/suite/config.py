@@ -16,6 +16,9 @@ from ..records import METRICS, PARAMS
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
+# Which trials get the trial analyses and test figures: "best" (a search trial that is the best so far of its
+# case, a strategy with its own parameters: so every case's best trial has them), "all", or "none".
+ANALYSES = ("best", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Suite:
     data_root: str | None = None
     prune_on: str = "loss"
     confirm: Confirm = Confirm()  # on by default
+    analyses: str = "best"  # one of ANALYSES
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class Config:
 
 
 SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
-              "params", "data_root", "confirm"}
+              "params", "data_root", "confirm", "analyses"}
 
 
 def default_config_path() -> Path:
@@ -196,7 +200,8 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         ctx.fail(f"{key}.seed", f"must be an integer >= 0, got {seed!r}")
-    for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS), ("prune_on", ("loss", "metric"))):
+    for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS), ("prune_on", ("loss", "metric")),
+                       ("analyses", ANALYSES)):
         if k in raw and raw[k] not in allowed:
             ctx.fail(f"{key}.{k}", f"must be one of {', '.join(allowed)}; got {raw[k]!r}")
     params = raw.get("params", {})
@@ -228,6 +233,7 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         seed=seed,
         data_root=_optional_str(ctx, f"{key}.data_root", raw.get("data_root")),
         prune_on=raw.get("prune_on", "loss"),
+        analyses=raw.get("analyses", Suite.analyses),
         **_confirm(ctx, f"{key}.confirm", raw.get("confirm")),
     )
 
@@ -411,7 +417,8 @@ def suite_toml(suite: Suite) -> str:
     key = suite.name if re.fullmatch(r"[A-Za-z0-9_-]+", suite.name) else _toml(suite.name)
     lines = [f"[suites.{key}]", f"description = {_toml(suite.description)}",
              f"datasets = {_toml(datasets)}", f"backbones = {_toml(backbones)}",
-             *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed")),
+             *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
+                                                                "analyses")),
              *([f"data_root = {_toml(suite.data_root)}"] if suite.data_root else []),
              "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds}) if c.enabled else "false"),
              "", f"[suites.{key}.params]",

@@ -16,7 +16,7 @@ from typing import Protocol
 import optuna
 
 from .. import __version__, plugins
-from ..analysis import trial_analyses
+from ..analysis import case_name, trial_analyses
 from ..backbone import WeightsRequest
 from ..engine.datacache import DataCache
 from ..engine.saved import save_model
@@ -32,7 +32,7 @@ from .confirmation import Candidate, members
 from .preparation import PreparedSuite, StudyPlan
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
-from .studies import (REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
+from .studies import (CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
                       heartbeat_settings, is_finished, is_repeat, is_surplus, live_trials, open_study, release_surplus,
                       repeats_in_a_row, retry_interrupted, settings_key, storage)
 
@@ -81,12 +81,14 @@ def planned_trials(plan: StudyPlan) -> int:
 
 
 def trial_outputs(result: TrialResult) -> list:
-    """Everything logged with a trial: the lifecycle hooks' outputs, the trial analyses, the test figures."""
+    """Everything logged with a trial: the lifecycle hooks' outputs, the test predictions, and when the trial
+    is analysed (the suite's ``analyses``) the trial analyses and the test figures."""
     outputs = list(result.artifacts)
-    if result.outputs is not None:
+    if result.outputs is not None and result.inspected:
         outputs += trial_analyses(result.outputs)
     if result.outcome.test_probs is not None:
-        outputs += test_figures(result.outcome.test_labels, result.outcome.test_probs, result.class_names)
+        outputs += test_figures(result.outcome.test_labels, result.outcome.test_probs, result.class_names,
+                                figures=result.inspected)
     return outputs
 
 
@@ -100,7 +102,8 @@ def uncertainty(result: TrialResult) -> tuple[dict[str, float], dict[str, str]]:
         if name not in out.test:  # balanced accuracy; the others are the engine's own values
             metrics[f"test_{name}"] = interval.value
         metrics[layout.ci(name, "low")], metrics[layout.ci(name, "high")] = interval.low, interval.high
-    return metrics, {layout.DEGENERATE: str(stats.is_degenerate(out.test_probs)).lower()}
+    return metrics, {layout.DEGENERATE: str(stats.is_degenerate(out.test_probs)).lower(),
+                     layout.ANALYSED: str(result.inspected).lower()}
 
 
 def _record(tracker: Tracker, run_id: str, result: TrialResult, keep_model: dict | None = None) -> None:
@@ -152,6 +155,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     }
     parent_params = {
         "n_trials": n_trials, "sampler": suite.sampler, "pruner": suite.pruner, "prune_on": suite.prune_on,
+        "analyses": suite.analyses,
         "seed": suite.seed, **{f"units_{g}": ", ".join(u) for g, u in plan.units.items()},
         "search_space": repr(suite.params), "dataset_source": plan.dataset.source,
         "split_hash": plan.dataset.split_hash(), "split_counts": repr(plan.dataset.counts()),
@@ -172,14 +176,16 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     close_stale()
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
     sign = 1.0 if direction(metric) == "minimize" else -1.0
+    maximize = direction(metric) == "maximize"
 
     def objective(trial: optuna.Trial) -> float:
         if not claims_slot(trial, n_trials):  # another worker took the last slot a moment earlier
             release_surplus(trial)
             raise optuna.TrialPruned("surplus: the study already has its trials")
         cfg = suggest_config(trial, suite, strategies, n_units)
-        key = settings_key(cfg)
+        key, case = settings_key(cfg), case_name(cfg.strategy, cfg.strategy_params)
         trial.set_user_attr(SETTINGS_ATTR, key)
+        trial.set_user_attr(CASE_ATTR, case)
         same = earlier_with(trial.study, trial.number, key)
         if same is not None:  # the sampler proposed settings already tried: nothing is trained or recorded again
             trial.set_user_attr(REPEAT_ATTR, same.number)
@@ -206,7 +212,8 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
-            result: TrialResult = run_trial(cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache, on_epoch)
+            result: TrialResult = run_trial(cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache,
+                                            on_epoch, inspect=lambda val: _analysed(suite, trial.study, case, val[metric]))
         except optuna.TrialPruned as exc:
             tracker.end_trial(run_id, "pruned", str(exc))
             reporter.trial_ended(plan.name, trial.number, "pruned", None, str(exc))
@@ -226,7 +233,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             raise TrialFailed(reason) from exc
         value = result.outcome.best_val[metric]
         keep = None
-        if _best_so_far(trial.study, value):  # the study's best trials keep their trained model (export, predict)
+        if _best_so_far(_complete_values(trial.study), value, maximize):  # the best trials keep their model (export, predict)
             keep = {"dataset": plan.dataset_ref.label, "study": plan.name, "optuna_trial": trial.number,
                     "selected_on": f"val_{metric}"}
         try:
@@ -261,15 +268,27 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     return summary
 
 
-def _best_so_far(study, value: float) -> bool:
-    """``value`` ties or beats every complete trial of ``study`` (so the study's final best trial, and any
-    trial tied with it, is always among those that kept their model)."""
+def _complete_values(study, case: str | None = None) -> list[float]:
+    """The values of the study's complete trials (of one case: ``case_name``, when given)."""
+    return [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not is_repeat(t) and (case is None or t.user_attrs.get(CASE_ATTR) == case)]
+
+
+def _best_so_far(done: list[float], value: float, maximize: bool) -> bool:
+    """``value`` ties or beats every value in ``done`` (so the final best trial, and any trial tied with it,
+    is always among those that got it: the kept model, the analyses)."""
     if not math.isfinite(value):
         return False
-    done = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    if not done:
-        return True
-    return value >= max(done) if study.direction.name == "MAXIMIZE" else value <= min(done)
+    return not done or (value >= max(done) if maximize else value <= min(done))
+
+
+def _analysed(suite, study, case: str, value: float) -> bool:
+    """Whether a search trial gets the trial analyses and test figures (``suite.analyses``): with "best", when
+    it is the best so far of its case, so that every case's best trial, the one study analyses and the report
+    show, has them."""
+    if suite.analyses != "best":
+        return suite.analyses == "all"
+    return _best_so_far(_complete_values(study, case), value, study.direction.name == "MAXIMIZE")
 
 
 def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name: str) -> None:
@@ -338,7 +357,7 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             reporter.trial_started(plan.name, candidate.number, run_cfg)
             try:
                 result = run_trial(run_cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache,
-                                   lambda e, r, _id=run_id: tracker.log_epoch(_id, e, r))
+                                   lambda e, r, _id=run_id: tracker.log_epoch(_id, e, r), inspect=suite.analyses == "all")
             except KeyboardInterrupt:
                 tracker.end_trial(run_id, "interrupted", "interrupted (Ctrl-C or a stop signal); it runs again next time")
                 raise
