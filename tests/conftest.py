@@ -85,7 +85,10 @@ def pip_install(package: Path, target: Path) -> dict:
 
 def write_suite(path: Path, npz: Path, *, strategy='["linear_probe", "freeze_to", "full"]', n_trials=3, extra="",
                 confirm="false") -> Path:
-    """A tiny suite. Confirmation is off unless ``confirm`` gives its table: most tests are about the search."""
+    """A tiny suite. Confirmation is off unless ``confirm`` gives its table: most tests are about the search.
+    Nothing is pruned unless ``extra`` sets a pruner: the tests check what each trial records."""
+    if "pruner" not in extra:
+        extra = 'pruner = "none"\n' + extra
     path.write_text(
         f"""
 [suites.tiny]

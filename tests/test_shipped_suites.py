@@ -46,3 +46,22 @@ def test_leaky_suite_needs_allow_leaks():
         pytest.skip("../shared/data not present")
     with pytest.raises(UserError, match="leak audit of 'brain_tumor_mri'.*before splitting"):
         prepare_suite(_config(), "paper003_leaky")
+
+
+def test_searches_prune_with_hyperband_and_grids_train_every_point(tmp_path):
+    """The default pruner follows the sampler (a grid is a table of every point); a suite's own choice wins."""
+    from freezebench.suite.config import default_pruner
+
+    body = '\ndatasets = ["breastmnist"]\nbackbones = ["mobilenetv2_100"]\n{extra}\n[suites.{name}.params]\nstrategy = "full"\nlr = [1e-3]\n'
+    suites = {"searched": "", "random": 'sampler = "random"', "grid": 'sampler = "grid"',
+              "grid_pruned": 'sampler = "grid"\npruner = "median"', "unpruned": 'pruner = "none"'}
+    path = tmp_path / "b.toml"
+    path.write_text("".join(f"[suites.{n}]" + body.format(extra=e, name=n) for n, e in suites.items()))
+    config = load_config(path)
+    assert {n: s.pruner for n, s in config.suites.items()} == {
+        "searched": "hyperband", "random": "hyperband", "grid": "none", "grid_pruned": "median", "unpruned": "none"}
+    shipped = _config()
+    for suite in shipped.suites.values():  # every shipped grid (the papers' tables) trains every point
+        if suite.sampler == "grid":
+            assert suite.pruner == "none", suite.name
+    assert shipped.suite("quick").pruner == default_pruner("tpe") == "hyperband"

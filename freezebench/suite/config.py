@@ -16,6 +16,14 @@ from ..records import METRICS, PARAMS
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
+
+
+def default_pruner(sampler: str) -> str:
+    """A search prunes with Hyperband unless told otherwise (measured faster to an answer as good:
+    docs/performance.md, "Time to answer"); a grid is a table of every point, trained to the end."""
+    return "none" if sampler == "grid" else "hyperband"
+
+
 # Which trials get the trial analyses and test figures: "best" (a search trial that is the best so far of its
 # case, a strategy with its own parameters: so every case's best trial has them), "all", or "none".
 ANALYSES = ("best", "all", "none")
@@ -97,7 +105,7 @@ class Suite:
     n_trials: int = 10
     metric: str = "f1"
     sampler: str = "tpe"
-    pruner: str = "none"
+    pruner: str = "none"  # load_config fills in default_pruner(sampler) when a suite does not say
     seed: int = 0
     description: str = ""
     data_root: str | None = None
@@ -228,8 +236,8 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         params={p: _param(ctx, f"{key}.params.{p}", p, v, strategy_params) for p, v in params.items()},
         n_trials=n_trials,
         metric=raw.get("metric", "f1"),
-        sampler=raw.get("sampler", "tpe"),
-        pruner=raw.get("pruner", "none"),
+        sampler=raw.get("sampler", Suite.sampler),
+        pruner=raw.get("pruner", default_pruner(raw.get("sampler", Suite.sampler))),
         seed=seed,
         data_root=_optional_str(ctx, f"{key}.data_root", raw.get("data_root")),
         prune_on=raw.get("prune_on", "loss"),

@@ -1,0 +1,198 @@
+"""Benchmark: time to a trustworthy answer, freezebench's default search against the papers' exhaustive grid.
+
+    python scripts/bench_time_to_answer.py                                   # BreastMNIST, 64 px, seeds 0 1 2
+    python scripts/bench_time_to_answer.py --dataset brain_mri --image-size 128 --seeds 0 1
+    python scripts/bench_time_to_answer.py --modes default hyperband --json out.json
+    python scripts/bench_time_to_answer.py --from-json out.json              # print a saved run's table again
+
+- **grid-naive** (the anchor, run once): the papers' method (paper 002): every freeze point
+  (``freeze_to k = 0..n``, block units) x 3 learning rates (1e-4, 1e-3, 1e-2), each trial computing every
+  layer every epoch (``cache = "off"``, ``channels_last = false``), no confirmation, no analyses.
+- **default**: what a user gets: the README's ``quick`` suite as ``benchmarks.toml`` defines it (its
+  strategies, ranges, trials, epochs, pruner and confirmation set), on this dataset and image size, with
+  the search seed changed.
+- **none**, **hyperband**, **median**: the same with that pruner (the quick suite's own is Hyperband,
+  the default of every searched suite).
+
+Every mode is one ``freezebench run`` in its own process, timed from start to exit (search, confirmation,
+recommendation), with nothing else running. Then, on the same test images:
+
+- the **oracle** is the grid's best trial by test AUC (its one seed: a lucky draw favours it);
+- a search's **answer** is its recommendation, the first leaderboard row (its mean over the confirmation
+  seeds);
+- the answer is **tied** when the oracle's AUC is not significantly higher (paired bootstrap over test
+  images, two-sided p >= 0.05; ``freezebench.results.stats.compare``).
+
+Time to answer is the search's wall time when its answer is tied; the ratio is the naive grid's wall time
+over it. ``docs/performance.md`` has the measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DATASETS = {
+    "breastmnist": '"breastmnist"',
+    "brain_mri": '{ name = "brain_tumor_mri", split = "ratio", ratios = [7, 1.5, 1.5] }',
+}
+GRID_LRS = (1e-4, 1e-3, 1e-2)
+SEARCH_MODES = {"default": None, "none": "none", "median": "median", "hyperband": "hyperband"}
+
+
+def _toml(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: int, folder: Path) -> Path:
+    """The benchmarks.toml of one mode: the anchor grid, or the quick suite with the mode's pruner."""
+    quick = tomllib.loads((ROOT / "benchmarks.toml").read_text())["suites"]["quick"]
+    head = [f'data_root = "{DATA}"', f"datasets = [{DATASETS[dataset]}]", f'backbones = ["{backbone}"]']
+    if mode == "grid-naive":
+        params = {"strategy": "freeze_to", "k": {"low": 0}, "lr": list(GRID_LRS), "epochs": quick["params"]["epochs"],
+                  "batch_size": quick["params"].get("batch_size", 32), "cache": "off", "channels_last": False}
+        head += ["n_trials = 1000", 'sampler = "grid"', "confirm = false", 'analyses = "none"']
+    else:
+        params = dict(quick["params"])
+        head += [f"{k} = {_toml(v)}" for k, v in quick.items() if k not in ("params", "datasets", "backbones", "description", "seed")]
+        head += [f"seed = {seed}"]
+        if SEARCH_MODES[mode] is not None:
+            head = [line for line in head if not line.startswith("pruner")] + [f'pruner = "{SEARCH_MODES[mode]}"']
+    params["image_size"] = image_size
+    text = "\n".join(["[suites.bench]", *head, "", "[suites.bench.params]", *(f"{k} = {_toml(v)}" for k, v in params.items())])
+    path = folder / "benchmarks.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+def run_mode(mode: str, args, seed: int, keep: Path) -> dict:
+    results = keep / f"{args.dataset}-{args.image_size}-{mode}-s{seed}"
+    if results.exists():
+        raise SystemExit(f"{results} exists: give another --keep folder")
+    results.mkdir(parents=True)
+    config = suite_file(mode, args.dataset, args.backbone, args.image_size, seed, results)
+    env = {**os.environ, "FREEZEBENCH_CACHE": str(keep / "cache")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "bench", "--config", str(config),
+                           "--results-dir", str(results / "results")], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    (results / "run.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} (seed {seed}) failed, see {results / 'run.log'}:\n{proc.stderr[-2000:]}")
+    return {"mode": mode, "seed": seed, "wall_s": wall, "results": str(results / "results")}
+
+
+def _client(results: str):
+    from freezebench.results.tracking import Tracker
+
+    return Tracker(f"sqlite:///{Path(results) / 'mlflow.db'}", str(Path(results) / "mlartifacts")).client
+
+
+def oracle(grid: dict) -> dict:
+    """The grid's best trial by test AUC, and its own answer (best on validation)."""
+    from freezebench.results import layout, stats
+    from freezebench.results.tracking import load_arrays
+
+    client = _client(grid["results"])
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)
+            if r.data.tags.get(layout.ROLE) == layout.TRIAL and r.data.tags.get(layout.STATE) == "complete"]
+    scored = []
+    for r in runs:
+        pred = load_arrays(client, r.info.run_id, layout.TEST_PREDICTIONS)
+        scored.append((stats.point_metrics(pred["labels"], pred["probs"])["auc"], r, pred))
+    auc, best, pred = max(scored, key=lambda s: s[0])
+    chosen = max(scored, key=lambda s: s[1].data.metrics["best_val_f1"])
+    name = lambda r: f"freeze_to k={r.data.params['k']} lr={float(r.data.params['lr']):.0e}"  # noqa: E731
+    return {"trials": len(runs), "oracle": name(best), "oracle_auc": auc, "labels": pred["labels"], "probs": pred["probs"],
+            "grid_answer": name(chosen[1]), "grid_answer_auc": chosen[0]}
+
+
+def answer(search: dict, dataset_label: str, truth: dict) -> dict:
+    """The search's recommendation (the first leaderboard row), compared with the oracle on the same images."""
+    import numpy as np
+
+    from freezebench.results import stats
+    from freezebench.results.evidence import Predictions
+
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "leaderboard", "--dataset", dataset_label, "--json",
+                           "--results-dir", search["results"]], capture_output=True, text=True)
+    rows = json.loads(proc.stdout)
+    first = rows[0]
+    labels, stack = Predictions(_client(search["results"])).row(first)
+    if not np.array_equal(labels, truth["labels"]):
+        raise SystemExit("the search and the grid were tested on different images")
+    c = stats.compare(labels, truth["probs"], stack, "auc")
+    return {"answer": " ".join([first["strategy"], *([] if first["strategy_params"] == "-" else [first["strategy_params"]]),
+                                f"lr={first['lr']:.1e}"]),
+            "answer_auc": float(first["test_auc"]), "seeds": int(first["seeds"]), "rows": len(rows),
+            "oracle_minus_answer": [c.difference.value, c.difference.low, c.difference.high], "p": c.p_value,
+            "tied": not c.significant}
+
+
+def report(data: dict) -> str:
+    truth = data["oracle"]
+    grid = next(r for r in data["runs"] if r["mode"] == "grid-naive")
+    lines = [f"{data['dataset']}, {data['image_size']} px, {data['backbone']}: naive grid {truth['trials']} trials, "
+             f"{grid['wall_s']:.0f} s; oracle {truth['oracle']} (test AUC {truth['oracle_auc']:.3f}); the grid's own "
+             f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})", "",
+             "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["runs"]:
+        if r["mode"] == "grid-naive":
+            continue
+        d = r["oracle_minus_answer"]
+        lines.append(f"| {r['mode']} | {r['seed']} | {r['wall_s']:.0f} s | {r['answer']} | {r['answer_auc']:.3f} (x{r['seeds']}) | "
+                     f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {r['p']:.2f} | {'yes' if r['tied'] else 'no'} | "
+                     f"{grid['wall_s'] / r['wall_s']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="breastmnist")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--backbone", default="mobilenetv2_100")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
+    parser.add_argument("--modes", nargs="+", default=["none", "hyperband"], choices=sorted(SEARCH_MODES))
+    parser.add_argument("--keep", type=Path, help="folder for the runs' results (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument("--from-json", type=Path, help="print a saved run's table")
+    args = parser.parse_args()
+    if args.from_json:
+        print(report(json.loads(args.from_json.read_text())))
+        return
+    if args.dataset == "brain_mri" and not (DATA / "brain-tumor-mri").is_dir():
+        raise SystemExit(f"no brain-tumour MRI data at {DATA / 'brain-tumor-mri'}")
+    keep = args.keep or Path(tempfile.mkdtemp(prefix="freezebench-tta-"))
+    label = "brain_tumor_mri" if args.dataset == "brain_mri" else "breastmnist"
+    grid = run_mode("grid-naive", args, 0, keep)
+    print(f"grid-naive: {grid['wall_s']:.0f} s", flush=True)
+    truth = oracle(grid)
+    runs = [grid]
+    for seed in args.seeds:
+        for mode in args.modes:
+            run = run_mode(mode, args, seed, keep)
+            run.update(answer(run, label, truth))
+            print(f"{mode} seed {seed}: {run['wall_s']:.0f} s, {run['answer']}, tied {run['tied']}", flush=True)
+            runs.append(run)
+    data = {"dataset": args.dataset, "image_size": args.image_size, "backbone": args.backbone,
+            "date": time.strftime("%Y-%m-%d"), "runs": runs,
+            "oracle": {k: v for k, v in truth.items() if k not in ("labels", "probs")}}
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    print(report(data))
+
+
+if __name__ == "__main__":
+    main()
