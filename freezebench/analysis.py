@@ -70,9 +70,16 @@ class StudyRecords:
     class_names: tuple[str, ...] = ()
     trials: list[dict] = field(default_factory=list)  # {run_id, run_name, params, metrics, history, state}
     load_arrays: Any = None  # (run_id, artifact name) -> dict of arrays, or None when the trial has none
+    load_intervals: Any = None  # run_id -> {metric: (value, low, high)}: 95% CIs from the trial's test predictions
 
     def arrays(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
         return self.load_arrays(run_id, name) if self.load_arrays is not None else None
+
+    def test_interval(self, run_id: str, metric: str) -> tuple[float, float, float] | None:
+        """The trial's test ``metric`` with its 95% confidence interval (stratified bootstrap over the test
+        images, as everywhere in freezebench), or None when the trial kept no test predictions."""
+        found = self.load_intervals(run_id) if self.load_intervals is not None else None
+        return (found or {}).get(metric)
 
 
 def best_per_group(trials: Iterable[dict], metric: str, group: Callable[[dict], Any]) -> dict[Any, dict]:

@@ -88,28 +88,39 @@ class WeightClassCorrelation:
 @dataclass(frozen=True)
 class MetricVsFreezePoint:
     name: str = "metric_vs_freeze_point"
-    summary: str = "test and validation metric against the freeze point k, one line per learning rate (freeze_to trials)"
+    summary: str = ("test metric (with its 95% CI, shaded) and validation metric against the freeze point k, "
+                    "one line per learning rate (freeze_to trials)")
     scope: str = "study"
 
     def run(self, s: StudyRecords) -> list[Output]:
-        points: dict[float, list[tuple[int, float, float]]] = {}
+        test, val = f"test_{s.metric}", f"val_{s.metric}"
+        points: dict[float, list[dict]] = {}
         for t in s.trials:
             p, m = t["params"], t["metrics"]
             if t["state"] != "complete" or p.get("strategy") != "freeze_to" or "k" not in p:
                 continue
-            points.setdefault(float(p["lr"]), []).append((int(p["k"]), m.get(f"test_{s.metric}", np.nan), m.get(f"best_val_{s.metric}", np.nan)))
+            ci = s.test_interval(t["run_id"], s.metric)
+            points.setdefault(float(p["lr"]), []).append({
+                "k": int(p["k"]), "run": t["run_name"], test: m.get(test, np.nan), val: m.get(f"best_val_{s.metric}", np.nan),
+                f"{test}_ci": [ci[1], ci[2]] if ci else None})
         if not points:
             return []
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6.4, 4))
         for lr, pts in sorted(points.items()):
-            pts.sort()
-            line, = ax.plot([k for k, _, _ in pts], [v for _, v, _ in pts], marker="o", label=f"lr {lr:.2g} (test)")
-            ax.plot([k for k, _, _ in pts], [v for _, _, v in pts], linestyle="--", color=line.get_color(), alpha=0.6, label=f"lr {lr:.2g} (val)")
-        ax.set(xlabel="freeze point k (units frozen from the input)", ylabel=s.metric, title=f"{s.metric} vs freeze point: {s.study}")
+            pts.sort(key=lambda d: d["k"])
+            ks = [d["k"] for d in pts]
+            line, = ax.plot(ks, [d[test] for d in pts], marker="o", markersize=3, label=f"lr {lr:.2g} (test)")
+            ax.plot(ks, [d[val] for d in pts], linestyle="--", color=line.get_color(), alpha=0.6, label=f"lr {lr:.2g} (val)")
+            with_ci = [d for d in pts if d[f"{test}_ci"]]
+            if with_ci:
+                ax.fill_between([d["k"] for d in with_ci], [d[f"{test}_ci"][0] for d in with_ci],
+                                [d[f"{test}_ci"][1] for d in with_ci], color=line.get_color(), alpha=0.12, linewidth=0)
+        ax.set(xlabel="freeze point k (units frozen from the input)", ylabel=s.metric,
+               title=f"{s.metric} vs freeze point (shaded: test 95% CI)\n{s.study}")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        data = {f"{lr:g}": [{"k": k, f"test_{s.metric}": t, f"val_{s.metric}": v} for k, t, v in pts] for lr, pts in points.items()}
+        data = {f"{lr:g}": pts for lr, pts in sorted(points.items())}
         return [Output("metric_vs_freeze_point.png", figure=fig, title=f"{s.metric} vs freeze point"),
                 Output("metric_vs_freeze_point.json", data=data)]
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from freezebench import plugins
 from freezebench.analysis import TrialOutputs, epochs_to_converge, weight_class_correlation
+from freezebench.results.stats import intervals
 
 from .conftest import ROOT, write_suite
 
@@ -220,6 +221,11 @@ def test_metric_vs_freeze_point_equals_recorded_metrics(sweep):
     for t in records.trials:
         point = next(p for p in data[f"{float(t['params']['lr']):g}"] if p["k"] == int(t["params"]["k"]))
         assert point["test_f1"] == t["metrics"]["test_f1"] and point["val_f1"] == t["metrics"]["best_val_f1"]
+        # the shaded band: the trial's own stratified bootstrap interval from its logged test predictions
+        pred = records.arrays(t["run_id"], "test_predictions.npz")
+        expected = intervals(pred["labels"], pred["probs"])["f1"]
+        assert point["test_f1_ci"] == [expected.low, expected.high]
+        assert expected.low <= expected.value <= expected.high  # equal for a one-class predictor: its F1 does not vary
     curves = next(o.data for o in plugins.analyses().get("val_loss_curves").run(records) if o.data)
     assert len(curves) == 6 and all(c["epochs_to_converge"] == 1 for c in curves)  # one epoch each
 

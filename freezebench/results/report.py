@@ -29,6 +29,7 @@ from .folds import cross_validated
 from .leaderboard import leaderboard, validation, versus_first, with_ci
 from .ranking import cd_diagram, rank_strategies
 from .recommend import recommendations
+from .stats import intervals
 from .tracking import Tracker, load_arrays
 
 FIGURE_WIDTH_PX = 800  # trial figures are re-encoded no wider than this
@@ -46,7 +47,15 @@ def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
                        "metrics": r.data.metrics, "history": history, "state": r.data.tags.get(layout.STATE, "")})
     return StudyRecords(study=study, dataset=parent.data.tags.get(layout.DATASET, ""),
                         metric=layout.objective_metric(parent.data.tags), trials=trials,
-                        load_arrays=lambda run_id, name: load_arrays(client, run_id, name))
+                        load_arrays=lambda run_id, name: load_arrays(client, run_id, name),
+                        load_intervals=lambda run_id: _test_intervals(client, run_id))
+
+
+def _test_intervals(client, run_id: str) -> dict[str, tuple[float, float, float]] | None:
+    pred = load_arrays(client, run_id, layout.TEST_PREDICTIONS)
+    if pred is None:
+        return None
+    return {m: (i.value, i.low, i.high) for m, i in intervals(pred["labels"], pred["probs"]).items()}
 
 
 def _svg(figure) -> str:
