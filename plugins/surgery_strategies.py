@@ -1,9 +1,12 @@
-"""Strategies that change the network before training: ``lora`` (low-rank updates beside the pretrained
-convolutions and linear layers, through Hugging Face ``peft``, an optional extra).
+"""Strategies that change the network before training.
 
-The pretrained weights all stay frozen and bit-identical; only the low-rank matrices and the head train.
-On export the low-rank updates are merged into the convolutions, so the exported model is the plain
-backbone and loads without peft."""
+- ``lora``: low-rank updates beside the pretrained convolutions and linear layers, through Hugging Face
+  ``peft`` (an optional extra). The pretrained weights all stay frozen and bit-identical; only the
+  low-rank matrices and the head train. On export the updates are merged into the convolutions, so the
+  exported model is the plain backbone and loads without peft.
+- ``activation_swap``: the activation functions of the trained units replaced (ReLU/ReLU6 by LeakyReLU
+  or ReLU; paper 001 compared ReLU with LeakyReLU), then those units fine-tuned. No parameter changes, so
+  the exported model keeps the swap: loading it applies the swap again (the manifest names it)."""
 
 from __future__ import annotations
 
@@ -106,6 +109,78 @@ class Lora:
         return plan_from_frozen(units, units, params, surgery=LoraSurgery(rank, alpha, targets, units[k:]))
 
 
+ACTIVATIONS = ("leaky_relu", "relu")
+SWAPPED = ("ReLU", "ReLU6", "LeakyReLU")  # the module types an activation swap replaces
+
+
+def _owner(module_name: str, units: Mapping[str, Sequence[str]]) -> str | None:
+    """The unit whose parameters share the longest module path with ``module_name`` (an activation has no
+    parameters of its own: it belongs with the layers around it), or None."""
+    path = module_name.split(".")
+    best, owner = 0, None
+    for unit, params in units.items():
+        for p in params:
+            shared = 0
+            for a, b in zip(path[:-1], p.split(".")[:-1]):
+                if a != b:
+                    break
+                shared += 1
+            if shared > best:
+                best, owner = shared, unit
+    return owner
+
+
+class ActivationSurgery:
+    """Replaces every ReLU, ReLU6 or LeakyReLU module inside ``units`` by ``activation``."""
+
+    def __init__(self, activation: str, slope: float, units: Sequence[str]):
+        self.activation, self.slope, self.units = activation, slope, tuple(units)
+        self.swapped: list[str] = []
+
+    def describe(self) -> str:
+        what = f"LeakyReLU(slope {self.slope:g})" if self.activation == "leaky_relu" else "ReLU"
+        return f"activations of {len(self.units)} units replaced by {what}"
+
+    def _new(self):
+        from torch import nn
+
+        return nn.LeakyReLU(self.slope) if self.activation == "leaky_relu" else nn.ReLU()
+
+    def apply(self, model, units: Mapping[str, Sequence[str]]) -> None:
+        self.swapped = [name for name, module in model.named_modules()
+                        if type(module).__name__ in SWAPPED and _owner(name, units) in self.units]
+        if not self.swapped:
+            raise InvalidParams(f"no ReLU, ReLU6 or LeakyReLU module in units {', '.join(self.units) or '(none)'}")
+        for name in self.swapped:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, self._new())
+
+    def merge(self, model) -> bool:
+        return False  # nothing to fold back: the exported model keeps the new activations
+
+
+@dataclass(frozen=True)
+class ActivationSwap:
+    name: str = "activation_swap"
+    colour: str = "#bcbd22"
+    summary: str = "units k.. fine-tuned with their ReLU/ReLU6 activations replaced (LeakyReLU or ReLU; paper 001)"
+    params: tuple[StrategyParam, ...] = (
+        StrategyParam("activation", "choice", "the new activation", default="leaky_relu", choices=ACTIVATIONS),
+        StrategyParam("slope", "float", "LeakyReLU's negative slope", default=0.01),
+        StrategyParam("k", "unit", "units before k stay frozen and unchanged (and their output can be cached)", default=0),
+    )
+    pretrained: bool = True
+
+    def plan(self, units: Sequence[str], params: Mapping[str, Any]) -> FreezePlan:
+        activation, slope, k = str(params["activation"]), float(params["slope"]), int(params["k"])
+        if activation not in ACTIVATIONS:
+            raise InvalidParams(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        if not 0 <= slope < 1:
+            raise InvalidParams(f"slope must be in [0, 1), got {slope}")
+        return plan_from_frozen(units, units[:k], params, surgery=ActivationSurgery(activation, slope, units[k:]))
+
+
 @hookimpl
 def register_strategies(register):
     register(Lora())
+    register(ActivationSwap())

@@ -134,7 +134,9 @@ def fit(
     def features(upto: int) -> dict[str, SplitTensors]:
         """Every split through the first ``upto`` steps, once per image (shared with other trials)."""
         prefix = steps[:upto]
-        names = tuple(n for n, _ in prefix)
+        # each step by name and by what it computes (its modules and their settings, e.g. an activation a
+        # surgery swapped): features of a changed prefix are never shared with the plain one
+        names = tuple((n, repr(m)) for n, m in prefix)
 
         def compute_features():
             # start from a shallower freeze point's features when they are cached (float32 only: exact)
