@@ -17,7 +17,7 @@ import numpy as np
 from . import plugins
 from .records import HIGHER_IS_BETTER, TrialOutputs
 
-__all__ = ["Output", "TrialOutputs", "StudyRecords", "pyplot", "colour", "best_per_group", "best_per_case",
+__all__ = ["Output", "TrialOutputs", "StudyRecords", "pyplot", "colour", "best_per_group", "best_per_case", "ranked",
            "trial_analyses", "case_name", "weight_class_correlation", "epochs_to_converge"]
 
 DEFAULT_SECTION = "Inside the networks"

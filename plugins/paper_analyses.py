@@ -11,7 +11,9 @@ import numpy as np
 
 from freezebench import hookimpl
 from freezebench.analysis import (Output, StudyRecords, TrialOutputs, best_per_case, colour, epochs_to_converge, pyplot,
-                                  weight_class_correlation)
+                                  ranked, weight_class_correlation)
+
+MAX_ROC_CURVES = 10  # more curves than this in one plot cannot be told apart
 
 
 @dataclass(frozen=True)
@@ -181,17 +183,22 @@ class RocPerCase:
             curves.append((case, t, fpr, tpr, float(auc(fpr, tpr))))
         if not curves:
             return []
+        shown = curves
+        if len(curves) > MAX_ROC_CURVES:  # a readable figure: the cases that validation ranks first (all in the JSON)
+            best = {t["run_id"] for t in ranked([t for _, t, *_ in curves], s.metric)[:MAX_ROC_CURVES]}
+            shown = [c for c in curves if c[1]["run_id"] in best]
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(5.6, 4.6))
-        strategies = [t["params"].get("strategy", "") for _, t, *_ in curves]
+        strategies = [t["params"].get("strategy", "") for _, t, *_ in shown]
         distinct = len(set(strategies)) == len(strategies)
         palette = plt.get_cmap("viridis")
-        for i, (case, t, fpr, tpr, area) in enumerate(curves):
-            ax.plot(fpr, tpr, color=colour(strategies[i]) if distinct else palette(i / max(len(curves) - 1, 1)),
+        for i, (case, t, fpr, tpr, area) in enumerate(shown):
+            ax.plot(fpr, tpr, color=colour(strategies[i]) if distinct else palette(i / max(len(shown) - 1, 1)),
                     label=f"{case} (AUC {area:.3f})")
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         kind = "positive class" if binary else "micro-average"
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"Test ROC per case ({kind})\n{s.study}")
+        which = "" if shown is curves else f"the {len(shown)} of {len(curves)} cases best on validation {s.metric}\n"
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"Test ROC per case ({kind})\n{which}{s.study}")
         ax.legend(loc="lower right", fontsize=7)
         fig.tight_layout()
         data = [{"case": case, "run": t["run_name"], "auc": area, "test_auc_recorded": t["metrics"].get("test_auc")}

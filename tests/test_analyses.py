@@ -175,6 +175,29 @@ def test_roc_per_case_is_each_cases_best_trial_with_its_recorded_auc(sweep):
     assert len(figure.axes[0].get_lines()) == 4 and figure.axes[0].get_xlabel() == "false positive rate"
 
 
+def test_roc_per_case_plots_the_cases_validation_ranks_first_and_keeps_every_case_in_its_data():
+    """A 53-point sweep (paper 002) cannot be read as 53 curves: the figure shows the 10 best on validation."""
+    from freezebench.analysis import StudyRecords
+    from freezebench_plugins.paper_analyses import MAX_ROC_CURVES
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 10)
+    trials, arrays = [], {}
+    for k in range(14):
+        probs = np.clip(labels * 0.5 + rng.random(20) * 0.8, 0, 1)
+        arrays[f"r{k}"] = {"labels": labels, "probs": np.stack([1 - probs, probs], 1)}
+        trials.append({"run_id": f"r{k}", "run_name": f"t{k}", "state": "complete", "params": {"strategy": "freeze_to", "k": str(k)},
+                       "metrics": {"best_val_f1": (k * 5 % 14) / 14, "trainable_params": 100 - k}})  # distinct, not in k order
+    records = StudyRecords("s", "d", "f1", ("a", "b"), trials, load_arrays=lambda run_id, name: arrays[run_id])
+    outputs = plugins.analyses().get("roc_per_case").run(records)
+    assert len(next(o.data for o in outputs if o.data)) == 14
+    figure = next(o.figure for o in outputs if o.figure is not None)
+    shown = {line.get_label().split(" (AUC")[0] for line in figure.axes[0].get_lines()} - {"_child" + str(i) for i in range(99)}
+    best = sorted(trials, key=lambda t: -t["metrics"]["best_val_f1"])[:MAX_ROC_CURVES]
+    assert {l for l in shown if l.startswith("freeze_to")} == {f"freeze_to k={t['params']['k']}" for t in best}
+    assert "the 10 of 14 cases best on validation f1" in figure.axes[0].get_title()
+
+
 def test_grad_cam_comparison_puts_each_cases_maps_side_by_side(sweep):
     records = _records(sweep)
     outputs = plugins.analyses().get("grad_cam_comparison").run(records)
