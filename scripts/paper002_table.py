@@ -5,7 +5,7 @@ paper: "the worst results are obtained when no layers are frozen"); and what fre
 it chooses on validation instead, confirmed over seeds.
 
     freezebench run --suite paper002_ph2
-    freezebench leaderboard --dataset ph2 --suite paper002_ph2 --json > ph2.json
+    freezebench leaderboard --dataset ph2_melanoma --json > ph2.json
     python scripts/paper002_table.py ph2.json
 """
 
