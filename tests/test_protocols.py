@@ -3,6 +3,8 @@ handling (missing data skipped, leaks blocked, --allow-leaks flagged in MLflow).
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from freezebench.engine.preprocess import resize_images
 from freezebench.suite.protocols import SplitProtocol, apply_protocol
 from freezebench.engine.trial import DataCache
 
-from .conftest import write_suite
+from .conftest import SHARED, write_suite
 
 
 def _volume(shape, value):
@@ -96,6 +98,40 @@ def test_external_test_set_and_class_mismatch(volume_dir, tmp_path, tiny_npz):
     bad = SplitProtocol.from_options({"test_on": {"name": "medmnist_npz", "path": str(tiny_npz)}}, "t")
     with pytest.raises(UserError, match="its classes .* differ from"):
         apply_protocol(ds, bad, ext)
+
+
+OASIS = SHARED / "data" / "oasis1-slices"
+
+
+@pytest.mark.skipif(not OASIS.is_dir(), reason="../shared/data not present")
+def test_an_external_view_of_the_held_out_subjects_is_the_test_set():
+    """Paper 004's external test, made from a held-out source: train on axial slices, test on the coronal
+    slices of exactly the subjects held out of training and validation (OASIS-1: one slice per view)."""
+    axial = load("oasis1", root=str(OASIS), view="axial")
+    ext = lambda table: load(table["name"], **{k: v for k, v in table.items() if k != "name"})  # noqa: E731
+    options = {"split": "ratio", "ratios": [5, 2, 3], "test_on": {"name": "oasis1", "root": str(OASIS), "view": "coronal",
+                                                                    "subjects": "held_out"}}
+    split, report = apply_protocol(axial, SplitProtocol.from_options(options, "t"), ext)
+    plain, _ = apply_protocol(axial, SplitProtocol.from_options({"split": "ratio", "ratios": [5, 2, 3]}, "t"))
+    assert report.clean and not report.subjects
+    test = split.split == "test"
+    held_out = set(plain.groups[plain.split == "test"].tolist())
+    assert sorted(split.groups[test].tolist()) == sorted(held_out)  # each held-out subject once, nobody else
+    assert not held_out & set(split.groups[~test].tolist())
+    assert np.array_equal(split.groups[~test], plain.groups[plain.split != "test"])  # training and validation as without it
+    coronal = load("oasis1", root=str(OASIS), view="coronal")
+    by_subject = {g: i for i, g in enumerate(coronal.groups.tolist())}
+    for i in np.flatnonzero(test)[:10]:  # the test images are the coronal slices of those subjects
+        assert np.array_equal(np.asarray(split.images[i]), np.asarray(coronal.images[by_subject[split.groups[i]]]))
+        assert split.labels[i] == coronal.labels[by_subject[split.groups[i]]]
+    assert "held-out subjects" in split.source
+    # the same people's ids are required: a dataset of other people is refused, naming what to do
+    brain = load("brain_tumor_mri", root=str(SHARED / "data" / "brain-tumor-mri"))
+    bad = {"test_on": {"name": "oasis1", "root": str(OASIS), "view": "coronal", "subjects": "held_out"}}
+    with pytest.raises(UserError, match='none of its images belongs to the .* subjects held out'):
+        apply_protocol(dataclasses.replace(brain, classes=axial.classes), SplitProtocol.from_options(bad, "t"), ext)
+    with pytest.raises(UserError, match="test_on.subjects: must be 'other'"):
+        SplitProtocol.from_options({"test_on": {"name": "oasis1", "subjects": "same"}}, "t")
 
 
 def test_external_test_with_the_same_images_is_caught(tiny_npz):

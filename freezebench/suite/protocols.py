@@ -5,7 +5,10 @@
   pair of near-identical images) in two splits.
 - ``split = "kfold"``: stratified group k-fold (scikit-learn); fold i is the test set and the
   validation set is taken from the rest at the same subject level.
-- ``test_on``: an external test set (another dataset, e.g. another hospital).
+- ``test_on``: an external test set (another dataset, e.g. another hospital). With
+  ``subjects = "held_out"`` in its table, the external set shares this dataset's subject ids (another
+  view or acquisition of the same people): the split keeps its test part, and the test set is the
+  external images of exactly the subjects held out of training and validation.
 - Leaky protocols, on purpose, to reproduce a paper: ``level = "image"`` splits images, not
   subjects (paper 000); ``augment_before_split = k`` adds k augmented copies of every image
   before an image-level split (paper 003). Both need ``allow_leaks``.
@@ -25,6 +28,7 @@ from ..imagefiles import join, take
 from .leakage import LeakReport, audit, duplicate_groups
 
 PROTOCOL_KEYS = ("split", "ratios", "folds", "fold", "split_seed", "level", "test_on", "allow_leaks", "augment_before_split")
+TEST_ON_SUBJECTS = ("other", "held_out")  # test_on.subjects: other people (ids not comparable), or this split's test subjects
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,15 @@ class SplitProtocol:
             raise UserError(f"{where}.augment_before_split: must be an integer >= 0")
         if p.test_on is not None and not (isinstance(p.test_on, dict) and isinstance(p.test_on.get("name"), str)):
             raise UserError(f'{where}.test_on: must be a table {{ name = "dataset", <options> }}')
+        if p.test_on is not None and p.test_on.get("subjects", "other") not in TEST_ON_SUBJECTS:
+            raise UserError(f"{where}.test_on.subjects: must be 'other' (another dataset's people, the default) or 'held_out' "
+                            f"(the same people's ids: test on the subjects held out of training), not {p.test_on['subjects']!r}")
         return p
+
+    @property
+    def held_out_subjects(self) -> bool:
+        """test_on shares this dataset's subject ids: test on its held-out subjects only."""
+        return self.test_on is not None and self.test_on.get("subjects") == "held_out"
 
     def describe(self) -> str:
         if self.split == "kfold":
@@ -140,7 +152,7 @@ def apply_protocol(dataset: ImageDataset, protocol: SplitProtocol, load_external
         else:
             groups = np.array([f"i{i}" for i in range(len(ds.labels))])
         ratios = protocol.ratios
-        if protocol.test_on is not None:  # train/val only: the test set is another dataset
+        if protocol.test_on is not None and not protocol.held_out_subjects:  # train/val only: the test set is another dataset
             ratios = (ratios[0], ratios[1], 0.0)
         if mode == "kfold":
             val_share = ratios[1] / (ratios[0] + ratios[1])
@@ -160,24 +172,35 @@ def apply_protocol(dataset: ImageDataset, protocol: SplitProtocol, load_external
 
 def _with_external_test(ds: ImageDataset, split: np.ndarray, protocol: SplitProtocol, load_external) -> ImageDataset:
     """Train and validate on ``ds`` (its test part dropped), test on another dataset."""
-    external = load_external(protocol.test_on)
+    external = load_external({k: v for k, v in protocol.test_on.items() if k != "subjects"})
     if tuple(external.classes) != tuple(ds.classes):
         raise UserError(
             f"test_on {protocol.test_on['name']!r}: its classes {list(external.classes)} differ from "
             f"{ds.name!r}'s {list(ds.classes)}; an external test set needs the same classes in the same order."
         )
     keep = split != "test"
-    images = join(take(ds.images, np.flatnonzero(keep)), external.images)
+    groups, external_groups = np.asarray(ds.groups).astype(str), np.asarray(external.groups).astype(str)
+    tested = np.arange(len(external.labels))
+    if protocol.held_out_subjects:  # the same people: only those held out of training and validation
+        held_out = set(groups[~keep].tolist())
+        tested = np.flatnonzero(np.isin(external_groups, list(held_out)))
+        if not len(tested):
+            raise UserError(
+                f"test_on {protocol.test_on['name']!r} with subjects = \"held_out\": none of its images belongs to the "
+                f"{len(held_out)} subjects held out of training (ids such as {sorted(held_out)[:2]}, its own such as "
+                f"{sorted(set(external_groups.tolist()))[:2]}). Use it without subjects = \"held_out\" when its people differ.")
+        external_groups = external_groups[tested]
+        internal = groups[keep]  # one id space: the leak audit checks that no tested subject trained
+    else:  # subject ids of two datasets are not comparable: keep them apart (pixels are still audited)
+        internal, external_groups = np.char.add("internal:", groups[keep]), np.char.add("external:", external_groups)
     return ImageDataset(
         name=ds.name,
         classes=ds.classes,
-        images=images,
-        labels=np.concatenate([ds.labels[keep], external.labels]),
-        split=np.concatenate([split[keep], np.full(len(external.labels), "test")]),
-        # subject ids of two datasets are not comparable: keep them apart (pixels are still audited)
-        groups=np.concatenate([np.char.add("internal:", np.asarray(ds.groups)[keep].astype(str)),
-                               np.char.add("external:", np.asarray(external.groups).astype(str))]),
-        source=f"{ds.source} (test: {external.source})",
+        images=join(take(ds.images, np.flatnonzero(keep)), take(external.images, tested)),
+        labels=np.concatenate([ds.labels[keep], external.labels[tested]]),
+        split=np.concatenate([split[keep], np.full(len(tested), "test")]),
+        groups=np.concatenate([internal, external_groups]),
+        source=f"{ds.source} (test: {external.source}{', held-out subjects' if protocol.held_out_subjects else ''})",
         meta={**ds.meta, "external_test": external.name},
         split_source="made",
     )
