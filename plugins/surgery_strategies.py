@@ -113,23 +113,6 @@ ACTIVATIONS = ("leaky_relu", "relu")
 SWAPPED = ("ReLU", "ReLU6", "LeakyReLU")  # the module types an activation swap replaces
 
 
-def _owner(module_name: str, units: Mapping[str, Sequence[str]]) -> str | None:
-    """The unit whose parameters share the longest module path with ``module_name`` (an activation has no
-    parameters of its own: it belongs with the layers around it), or None."""
-    path = module_name.split(".")
-    best, owner = 0, None
-    for unit, params in units.items():
-        for p in params:
-            shared = 0
-            for a, b in zip(path[:-1], p.split(".")[:-1]):
-                if a != b:
-                    break
-                shared += 1
-            if shared > best:
-                best, owner = shared, unit
-    return owner
-
-
 class ActivationSurgery:
     """Replaces every ReLU, ReLU6 or LeakyReLU module inside ``units`` by ``activation``."""
 
@@ -147,8 +130,10 @@ class ActivationSurgery:
         return nn.LeakyReLU(self.slope) if self.activation == "leaky_relu" else nn.ReLU()
 
     def apply(self, model, units: Mapping[str, Sequence[str]]) -> None:
+        from freezebench.engine.surgery import owning_unit
+
         self.swapped = [name for name, module in model.named_modules()
-                        if type(module).__name__ in SWAPPED and _owner(name, units) in self.units]
+                        if type(module).__name__ in SWAPPED and owning_unit(name, units) in self.units]
         if not self.swapped:
             raise InvalidParams(f"no ReLU, ReLU6 or LeakyReLU module in units {', '.join(self.units) or '(none)'}")
         for name in self.swapped:

@@ -19,7 +19,8 @@ from freezebench.engine.preprocess import Normalizer
 from freezebench.engine.saved import load_model, save_model
 from freezebench.engine.trial import TrialConfig, build_and_plan, fit
 from freezebench.strategy import InvalidParams, plan_from_frozen
-from freezebench_plugins.surgery_strategies import ActivationSurgery, _owner
+from freezebench.engine.surgery import owning_unit
+from freezebench_plugins.surgery_strategies import ActivationSurgery
 
 
 def _build(strategy, cache="auto", **strategy_params):
@@ -42,7 +43,7 @@ def test_only_the_trained_units_activations_are_swapped_and_the_prefix_is_still_
     acts = _activations(b.model)
     swapped = {n for n, m in acts.items() if isinstance(m, nn.LeakyReLU)}
     assert swapped and all(acts[n].negative_slope == 0.2 for n in swapped)
-    assert {_owner(n, units) for n in swapped} == trained  # every trained unit, no frozen one
+    assert {owning_unit(n, units) for n in swapped} == trained  # every trained unit, no frozen one
     assert all(isinstance(m, nn.ReLU6) for n, m in acts.items() if n not in swapped)
     assert not b.added  # no parameter added or replaced
     params = dict(b.model.named_parameters())

@@ -5,6 +5,7 @@ listed apart, each credited to the unit whose modules it sits among."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping, Sequence
 
 from ..backbone import Backbone, Unit
 from ..strategy import Surgery
@@ -41,23 +42,31 @@ def _module_of(param: str) -> list[str]:
     return param.split(".")[:-1]
 
 
+def owning_unit(module_path: str, units: Mapping[str, Sequence[str]]) -> str:
+    """The unit (name -> its parameter names) of the parameter whose module shares the longest path prefix
+    with ``module_path``: a module with no parameters of its own (an activation), or one a surgery added,
+    belongs with the layers around it. "" when it shares no prefix with any unit."""
+    path = module_path.split(".")
+    best, owner = 0, ""
+    for unit, params in units.items():
+        for p in params:
+            shared = 0
+            for a, b in zip(path, _module_of(p)):
+                if a != b:
+                    break
+                shared += 1
+            if shared > best:
+                best, owner = shared, unit
+    return owner
+
+
 def added_by_unit(backbone: Backbone) -> dict[str, list[str]]:
     """The added parameters, per unit: each goes to the unit of the pretrained parameter whose module path
     shares the longest prefix with its own (a LoRA matrix inside a wrapped convolution goes to that
     convolution's unit; an adapter added to a block to that block's unit). Parameters sharing no prefix
     with any unit are listed under ""."""
-    owner = [(_module_of(p), u.name) for u in backbone.units for p in u.params]
+    units = {u.name: u.params for u in backbone.units}
     out: dict[str, list[str]] = {}
     for name in backbone.added:
-        path = _module_of(name)
-        best, unit = 0, ""
-        for other, candidate in owner:
-            shared = 0
-            for a, b in zip(path, other):
-                if a != b:
-                    break
-                shared += 1
-            if shared > best:
-                best, unit = shared, candidate
-        out.setdefault(unit, []).append(name)
+        out.setdefault(owning_unit(".".join(_module_of(name)), units), []).append(name)
     return out

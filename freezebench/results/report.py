@@ -14,6 +14,7 @@ report stays well under 1 MB."""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import tempfile
@@ -45,17 +46,18 @@ def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
         history = {"val_loss": [m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_loss"), key=lambda m: m.step)]}
         trials.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "params": r.data.params,
                        "metrics": r.data.metrics, "history": history, "state": r.data.tags.get(layout.STATE, "")})
+    arrays = functools.cache(lambda run_id, name: load_arrays(client, run_id, name))  # each artifact read once per report
+
+    @functools.cache
+    def test_intervals(run_id: str) -> dict[str, tuple[float, float, float]] | None:
+        pred = arrays(run_id, layout.TEST_PREDICTIONS)
+        if pred is None:
+            return None
+        return {m: (i.value, i.low, i.high) for m, i in intervals(pred["labels"], pred["probs"]).items()}
+
     return StudyRecords(study=study, dataset=parent.data.tags.get(layout.DATASET, ""),
                         metric=layout.objective_metric(parent.data.tags), trials=trials,
-                        load_arrays=lambda run_id, name: load_arrays(client, run_id, name),
-                        load_intervals=lambda run_id: _test_intervals(client, run_id))
-
-
-def _test_intervals(client, run_id: str) -> dict[str, tuple[float, float, float]] | None:
-    pred = load_arrays(client, run_id, layout.TEST_PREDICTIONS)
-    if pred is None:
-        return None
-    return {m: (i.value, i.low, i.high) for m, i in intervals(pred["labels"], pred["probs"]).items()}
+                        load_arrays=arrays, load_intervals=test_intervals)
 
 
 def _svg(figure) -> str:
