@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 from .errors import UserError
 from .records import BN_POLICIES, DEFAULTS
 
-__all__ = ["BN_POLICIES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "UnitStats", "Decision",
+__all__ = ["BN_POLICIES", "REFERENCES", "PARAM_FILTERS", "SELECTORS", "ParamInfo", "Selector", "selector", "UnitStats", "Decision",
            "Controller", "Surgery", "Regularizer", "StrategyParam", "Phase",
            "FreezePlan", "describe_part", "Strategy", "InvalidParams", "plan_from_frozen", "parse_window", "resolve_strategy_params"]
 
@@ -43,6 +43,10 @@ def _depthwise(p: ParamInfo) -> bool:
     m = p.module
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
 
+
+# The reference strategies every recommendation is compared with, and that a plan may amount to
+# (``FreezePlan.amounts_to``): linear probing and full fine-tuning.
+REFERENCES = ("linear_probe", "full")
 
 # Named selectors a plan may give as ``param_filter``: which parameters of its trainable units train.
 SELECTORS: dict[str, Selector] = {
@@ -197,6 +201,24 @@ class FreezePlan:
         later = {u for p in self.phases for u in p.unfreeze}
         return tuple(u for u in self.frozen if u not in later)
 
+    @property
+    def amounts_to(self) -> str | None:
+        """The reference strategy this plan is, whatever strategy made it (``freeze_to k=0`` is full
+        fine-tuning, ``freeze_to k=n`` linear probing), so that a search without the references' own
+        strategies still compares with them. ``"linear_probe"``: pretrained, nothing of the backbone ever
+        trains (every unit frozen for the whole trial, or only the head selected), nothing added or
+        controlled. ``"full"``: pretrained, every parameter trains from the first epoch, nothing added,
+        controlled, regularized or rescheduled. None otherwise. LR multipliers are not looked at: a
+        suite's ``lr_decay`` applies to the references' own trials too."""
+        if not self.pretrained or self.controller is not None or self.surgery is not None:
+            return None
+        backbone_trains = self.param_filter != "head" and bool(self.trainable or any(p.unfreeze for p in self.phases))
+        if not backbone_trains:
+            return "linear_probe"
+        if not self.frozen and self.param_filter == "all" and not self.phases and self.regularizer is None:
+            return "full"
+        return None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "trainable_units": list(self.trainable),
@@ -213,6 +235,7 @@ class FreezePlan:
             "surgery": describe_part(self.surgery),
             "added_lr_mult": self.added_lr_mult,
             "regularizer": describe_part(self.regularizer),
+            "amounts_to": self.amounts_to,
         }
 
 

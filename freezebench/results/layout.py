@@ -37,6 +37,7 @@ CONFIRM_OF = tag("confirm_of")  # the run id a confirmation re-runs
 CONFIRM_WHY = tag("confirm_why")  # why it is in the confirmation set: "top 1", "best of linear_probe"
 FAIL_REASON = tag("fail_reason")
 FROZEN_UNITS = tag("frozen_units")
+AMOUNTS_TO = tag("amounts_to")  # the reference strategy a trial's plan is ("full" for freeze_to k=0), or absent
 PREFIX_CACHE = tag("prefix_cache")
 COMPUTE = tag("compute")
 PEAK_MEMORY_OF = tag("peak_memory_of")  # what metric peak_memory_mb measures: "cuda allocated" or "process max RSS"

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..records import HIGHER_IS_BETTER, METRICS
+from ..strategy import REFERENCES
 from . import layout
 from .evidence import Predictions, add_evidence
 from .stats import INTERVAL_METRICS
@@ -80,6 +81,7 @@ def _row(run, seeds: list, metric: str) -> dict:
         "params": strategy_params(t.get(layout.STRATEGY_PARAMS, "-")),  # the strategy's own, by name
         "best_epoch": int(m.get("best_epoch", 0)),
         "frozen": [] if t.get(layout.FROZEN_UNITS, "-") == "-" else t[layout.FROZEN_UNITS].split(","),
+        "amounts_to": t.get(layout.AMOUNTS_TO) or (t.get(layout.STRATEGY) if t.get(layout.STRATEGY) in REFERENCES else None),
         f"val_{metric}": float(np.mean(vals)),
         "seeds": len(every),
         "confirmed": len(every) > 1,

@@ -1,18 +1,18 @@
 """The answer to "what should I freeze, at what learning rate?" for one study, with its uncertainty:
 the first row of the study's leaderboard (confirmed over seeds when the suite confirms), its test
 metrics with 95% intervals, and paired comparisons on the same test images with the reference
-strategies (linear probing, full fine-tuning), each at its own best configuration."""
+strategies (linear probing, full fine-tuning), each at its own best configuration: the best row of the
+reference strategy itself or of a plan that amounts to it (``freeze_to k=0`` is full fine-tuning)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..strategy import REFERENCES
 from . import layout, stats
 from .evidence import Predictions
 from .leaderboard import leaderboard
 from .tracking import Tracker
-
-REFERENCES = ("linear_probe", "full")
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Recommendation:
 
     def lines(self) -> list[str]:
         b = self.best
-        what = b["strategy"] + (f" {b['strategy_params']}" if b["strategy_params"] != "-" else "")
+        what = _what(b)
         frozen = b["frozen"]
         frozen_text = "nothing frozen" if not frozen else (f"frozen: {frozen[0]}" if len(frozen) == 1 else
                                                           f"frozen: {frozen[0]} .. {frozen[-1]} ({len(frozen)} units)")
@@ -62,16 +62,28 @@ class Recommendation:
             verdict = "AUC significantly higher" if c.significant and c.difference.value > 0 else (
                 "AUC significantly lower" if c.significant else "AUC not significantly different")
             seeds = f", {r['seeds']} seeds" if r.get("confirmed") else ""
-            out.append(f"  vs {ref} (lr {r['lr']:.2g}{seeds}): "
+            stand_in = "" if r["strategy"] == ref else f"as {_what(r)}, "
+            out.append(f"  vs {ref} ({stand_in}lr {r['lr']:.2g}{seeds}): "
                        f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
                        f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
         probe = self.comparisons.get("linear_probe")
-        if b["strategy"] == "linear_probe":
-            out.append("  Linear probing itself is the best configuration found.")
+        if b.get("amounts_to") == "linear_probe":
+            out.append("  Linear probing itself is the best configuration found"
+                       + ("." if b["strategy"] == "linear_probe" else f" ({_what(b)} freezes every unit)."))
         elif probe is not None and not (probe.significant and probe.difference.value > 0):
             out.append(f"  Nothing here beats linear probing significantly on these {self.n_test} test images: "
                        "that is a finding too (see docs/reading-results.md).")
         return out
+
+
+def _what(row: dict) -> str:
+    """A row's strategy and its own parameters: "freeze_to k=5", "linear_probe"."""
+    return row["strategy"] + (f" {row['strategy_params']}" if row["strategy_params"] != "-" else "")
+
+
+def is_reference(row: dict, ref: str) -> bool:
+    """Whether a leaderboard row is the reference strategy ``ref``, by name or by what its plan amounts to."""
+    return ref in (row["strategy"], row.get("amounts_to"))
 
 
 def _p(value: float) -> str:
@@ -108,8 +120,10 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
     rec.n_test, rec.intervals = len(labels), _intervals(best) or stats.intervals(labels, probs)
     comparisons = {}
     for ref in REFERENCES:
-        candidate = next((r for r in rows if r["strategy"] == ref), None)
-        if candidate is None or candidate is best:
+        if is_reference(best, ref):
+            continue  # the recommendation is this reference: nothing to compare
+        candidate = next((r for r in rows if is_reference(r, ref)), None)
+        if candidate is None:
             continue
         other = predictions.row(candidate)
         if other is None or len(other[0]) != len(labels) or (other[0] != labels).any():

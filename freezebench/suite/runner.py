@@ -332,7 +332,8 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
     runs = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials if t.state.name == "COMPLETE"}
     found = {r.info.run_id: r for r in tracker.client.search_runs(
         [experiment_id], layout.where(layout.TRIAL, finished=True, study=plan.name), max_results=5000)}
-    candidates = [Candidate(run_id, found[run_id].data.tags.get(layout.STRATEGY, "?"), t.value, t.number)
+    candidates = [Candidate(run_id, found[run_id].data.tags.get(layout.STRATEGY, "?"), t.value, t.number,
+                            found[run_id].data.tags.get(layout.AMOUNTS_TO))
                   for t in study.trials if t.state.name == "COMPLETE" and (run_id := runs[t.number]) in found]
     chosen = members(candidates, suite.confirm, study.direction.name == "MAXIMIZE")
     strategies = plugins.strategies()

@@ -1,0 +1,117 @@
+"""A plan that is linear probing or full fine-tuning, whatever strategy made it (issue "The answer"):
+``freeze_to k=0`` is full fine-tuning and ``freeze_to k=n`` linear probing, so a search that never names
+the references' own strategies (paper 002's every-freeze-point sweep) is still compared with them: the
+confirmation set takes the best such trial, and the recommendation compares with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from freezebench import plugins
+from freezebench.strategy import REFERENCES, FreezePlan, resolve_strategy_params
+from freezebench.suite.config import Confirm
+from freezebench.suite.confirmation import Candidate, members
+
+UNITS = [f"u{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("name, params, expected", [
+    ("linear_probe", {}, "linear_probe"),
+    ("full", {}, "full"),
+    ("scratch", {}, None),  # random weights: neither reference
+    ("freeze_to", {"k": 0}, "full"),
+    ("freeze_to", {"k": 6}, "linear_probe"),
+    ("freeze_to", {"k": 3}, None),
+    ("freeze_to", {"k": -1}, None),  # counted from the end: 5 of 6 frozen
+    ("train_range", {"a": 0, "b": 6}, "full"),
+    ("last_blocks", {"n": 6}, "full"),
+    ("last_blocks", {"n": 0}, "linear_probe"),
+    ("bitfit", {}, None),  # only the biases train
+    ("norm_tuning", {"k": 0}, None),
+    ("lp_ft", {}, None),  # starts as a linear probe, then unfreezes
+    ("gradual_unfreeze", {"every": 1}, None),
+    ("l2_sp", {}, None),  # full fine-tuning pulled towards the pretrained weights
+    ("autofreeze", {}, None),  # a controller decides during training
+])
+def test_a_plan_amounts_to_a_reference_only_when_it_trains_exactly_what_the_reference_trains(name, params, expected):
+    strategy = plugins.strategies().get(name)
+    plan = strategy.plan(UNITS, resolve_strategy_params(strategy, "six-units", UNITS, params))
+    assert plan.amounts_to == expected
+    assert plan.as_dict()["amounts_to"] == expected  # recorded with the trial's plan
+
+
+def test_a_head_only_selector_is_a_linear_probe_and_lr_multipliers_do_not_change_the_reference():
+    assert FreezePlan(trainable=tuple(UNITS), frozen=(), param_filter="head").amounts_to == "linear_probe"
+    decayed = {u: 0.5 ** i for i, u in enumerate(reversed(UNITS))}  # a suite's lr_decay
+    assert FreezePlan(trainable=tuple(UNITS), frozen=(), lr_mult=decayed).amounts_to == "full"
+    assert FreezePlan(trainable=tuple(UNITS), frozen=(), surgery=object()).amounts_to is None
+
+
+def test_the_confirmation_set_takes_the_best_stand_in_for_a_reference_that_was_not_searched():
+    trials = [Candidate("a", "freeze_to", 0.90, 0), Candidate("b", "freeze_to", 0.80, 1, "full"),
+              Candidate("c", "freeze_to", 0.70, 2, "linear_probe"), Candidate("d", "freeze_to", 0.85, 3, "full")]
+    got = members(trials, Confirm(top=1, references=True, seeds=2), maximize=True)
+    assert [(c.run_id, why) for c, why in got] == [("a", "top 1"), ("d", "best as full"), ("c", "best as linear_probe")]
+    # a stand-in already in the set (here top 1) is not added twice
+    assert [(c.run_id, why) for c, why in members(trials, Confirm(top=2, references=True), maximize=True)] == \
+        [("a", "top 1"), ("d", "top 2"), ("c", "best as linear_probe")]
+    # the reference searched as itself is confirmed at its own best; no stand-in is added for it
+    trials.append(Candidate("e", "full", 0.60, 4, "full"))
+    got = members(trials, Confirm(top=1, references=True), maximize=True)
+    assert [(c.run_id, why) for c, why in got] == [("a", "top 1"), ("c", "best as linear_probe"), ("e", "best of full")]
+    assert [c.run_id for c, _ in members(trials, Confirm(top=1, references=False), maximize=True)] == ["a"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_npz):
+    """Paper 002's shape: freeze_to only, every k among 0 (full), 4 and 8 (every unit: linear probe)."""
+    tmp = tmp_path_factory.mktemp("refs")
+    config = tmp / "bench.toml"
+    config.write_text(f"""
+[suites.sweep]
+datasets = [{{ name = "medmnist_npz", path = "{tiny_npz}", alias = "tinybreast" }}]
+backbones = ["mobilenetv2_100"]
+sampler = "grid"
+n_trials = 3
+confirm = {{ top = 1, seeds = 1 }}
+
+[suites.sweep.params]
+strategy = "freeze_to"
+k = [0, 4, 8]
+lr = 0.003
+epochs = 2
+batch_size = 8
+image_size = 32
+""", encoding="utf-8")
+    results = tmp / "results"
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "sweep", "--config", str(config),
+                           "--results-dir", str(results)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    return results, " ".join(proc.stdout.split())
+
+
+def test_a_freeze_to_sweep_is_compared_with_its_k0_and_kn_trials_as_the_references(sweep, cli):
+    results, out = sweep
+    code, text, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    assert code == 0
+    rows = json.loads(text)
+    by_k = {r["params"]["k"]: r for r in rows}
+    assert {k: r["amounts_to"] for k, r in by_k.items()} == {0: "full", 4: None, 8: "linear_probe"}
+    assert all(by_k[k]["confirmed"] for k in (0, 8)) and rows[0]["confirmed"]  # each reference's stand-in, the top one
+
+    from freezebench.results.recommend import recommendations
+    from freezebench.results.tracking import Tracker
+
+    (rec,) = recommendations(Tracker(f"sqlite:///{results / 'mlflow.db'}"), "tinybreast", "f1")
+    compared = set(rec.comparisons) | ({rec.best["amounts_to"]} - {None})
+    assert compared == set(REFERENCES)  # each reference compared, or the recommendation is that reference
+    k_of = {"full": 0, "linear_probe": 8}
+    for ref, row in rec.references.items():
+        assert row["strategy"] == "freeze_to" and row["params"]["k"] == k_of[ref]
+        assert f"vs {ref} (as freeze_to k={k_of[ref]}, lr 0.003, 2 seeds)" in out
