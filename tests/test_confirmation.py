@@ -63,10 +63,12 @@ def test_confirmation_is_on_by_default_and_configurable():
     assert parse("false") == OFF and not OFF.enabled
     assert parse("{ top = 0, seeds = [7, 8] }") == Confirm(top=0, references=True, seeds=(7, 8))
     assert parse("{ top = 5, references = false, seeds = 1 }") == Confirm(5, False, 1)
+    assert parse("{ seeds = 2, resplit = true }") == Confirm(seeds=2, resplit=True)
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("true", "suites.s.confirm: must be a table { top = 3, references = true, seeds = 2 }, or false"),
+    ("true", "suites.s.confirm: must be a table { top = 3, references = true, seeds = 2, resplit = false }, or false"),
+    ("{ resplit = 1 }", "suites.s.confirm.resplit: must be true or false"),
     ("{ top = -1 }", "suites.s.confirm.top: must be an integer >= 0"),
     ("{ seeds = 0 }", "suites.s.confirm.seeds: must be a count of extra seeds (>= 1) or a list of seeds"),
     ("{ seeds = [1, 1] }", "suites.s.confirm.seeds: must be a count of extra seeds or a list of distinct integers"),
@@ -189,3 +191,26 @@ def test_the_leaderboard_ranks_confirmed_configurations_by_their_mean(confirmed,
     (rec,) = recommendations(Tracker(f"sqlite:///{results / 'mlflow.db'}"), "tinybreast", "f1")
     assert rec.best["run_id"] == rows[0]["run_id"] and rec.model_run_id in [rows[0]["run_id"], *rows[0]["seed_run_ids"]]
     assert f"over 2 seeds" in " ".join(out.split()) and "mean of 2 seeds" in " ".join(out.split())
+
+
+def test_resplit_confirmation_scores_each_seed_on_other_validation_images_and_the_same_test_images(tmp_path, tiny_npz, cli):
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='["linear_probe"]', n_trials=2,
+                         confirm="{ top = 1, references = false, seeds = 2, resplit = true }")
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config),
+                           "--results-dir", str(results)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    from freezebench.results import layout
+    from freezebench.results.tracking import load_arrays
+
+    client, confirms = _runs(results, "confirm")
+    (source_id,) = {r.data.tags["freezebench.confirm_of"] for r in confirms}
+    source = client.get_run(source_id)
+    hashes = [r.data.params["split_hash"] for r in confirms]
+    assert len(confirms) == 2 and len(set(hashes)) == 2 and source.data.params["split_hash"] not in hashes
+    assert all(r.data.params["resplit"] == "True" for r in confirms)
+    tested = [load_arrays(client, r.info.run_id, layout.TEST_PREDICTIONS)["labels"] for r in [source, *confirms]]
+    assert all(np.array_equal(tested[0], t) for t in tested[1:])  # the same test images, in the same order
+    code, text, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    first = json.loads(text)[0]
+    assert first["run_id"] == source_id and first["seeds"] == 3 and first["test_auc_ci"][0] <= first["test_auc"]

@@ -211,3 +211,36 @@ def test_suite_skips_missing_data_blocks_leaks_and_flags_allowed(tmp_path, tiny_
     run = client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")[0]
     assert run.data.tags["freezebench.leaks_allowed"] == "true"
     assert "before splitting" in run.data.tags["freezebench.leaks"]
+
+
+def _subjects_dataset(seed=0):
+    """30 subjects of 1-3 distinct random images each, two classes, split by subject into train/val/test."""
+    from freezebench.dataset import ImageDataset
+    from freezebench.suite.protocols import ratio_split
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, size=30)
+    groups = np.repeat([f"s{i}" for i in range(30)], sizes)
+    labels = np.repeat(np.arange(30) % 2, sizes)
+    images = rng.integers(0, 256, size=(len(labels), 16, 16), dtype=np.uint8)
+    split = ratio_split(labels, groups, (0.6, 0.2, 0.2), 0)
+    return ImageDataset("subjects", ("a", "b"), images, labels, split, groups)
+
+
+def test_a_resplit_draws_train_and_val_again_and_keeps_test_and_subjects_whole():
+    from freezebench.suite.protocols import resplit
+
+    ds = _subjects_dataset()
+    one, again, other = resplit(ds, [0, 1]), resplit(ds, [0, 1]), resplit(ds, [0, 2])
+    for r in (one, other):
+        assert np.array_equal(r.split == "test", ds.split == "test")  # the same test images, in the same order
+        assert set(np.unique(r.split[ds.split != "test"])) == {"train", "val"}
+        for g in np.unique(ds.groups):  # a subject's images stay in one split
+            assert len(set(r.split[ds.groups == g])) == 1
+        for c in (0, 1):  # about as many validation images per class as before (whole subjects of 1-3 images)
+            assert abs(int(((r.split == "val") & (ds.labels == c)).sum()) - int(((ds.split == "val") & (ds.labels == c)).sum())) <= 3
+    assert np.array_equal(one.split, again.split)  # seeded
+    assert not np.array_equal(one.split, ds.split) and not np.array_equal(one.split, other.split)
+    assert one.split_hash() not in (ds.split_hash(), other.split_hash())
+    image_level = resplit(ds, [0, 1], level="image")  # a leaky protocol's resplit draws images, not subjects
+    assert any(len(set(image_level.split[ds.groups == g])) > 1 for g in np.unique(ds.groups))

@@ -76,11 +76,14 @@ class Confirm:
     """The confirmation set: after the search, these configurations are trained again with other seeds and
     ranked by their mean. ``top`` best trials on validation, plus (``references``) the best trial of each
     strategy searched (linear probing and full fine-tuning among them when searched). ``seeds`` extra seeds:
-    a count (the first integers other than the trial's own seed) or the seeds themselves."""
+    a count (the first integers other than the trial's own seed) or the seeds themselves. ``resplit``: each
+    extra seed also draws the training and validation images again from their pool (the test images stay),
+    so the mean is over several validation sets, not one (``protocols.resplit``)."""
 
     top: int = 3
     references: bool = True
     seeds: int | tuple[int, ...] = 2
+    resplit: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -252,14 +255,14 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
         return {}
     if value is False:
         return {"confirm": OFF}
-    shape = "a table { top = 3, references = true, seeds = 2 }, or false to switch confirmation off"
+    shape = "a table { top = 3, references = true, seeds = 2, resplit = false }, or false to switch confirmation off"
     if not isinstance(value, dict):
         ctx.fail(key, f"must be {shape}, got {value!r}")
-    for k in set(value) - {"top", "references", "seeds"}:
-        ctx.fail(f"{key}.{k}", f"unknown key; expected top, references or seeds ({shape})")
+    for k in set(value) - {"top", "references", "seeds", "resplit"}:
+        ctx.fail(f"{key}.{k}", f"unknown key; expected top, references, seeds or resplit ({shape})")
     default = Confirm()
-    top, references, seeds = (value.get("top", default.top), value.get("references", default.references),
-                              value.get("seeds", default.seeds))
+    top, references, seeds, resplit = (value.get("top", default.top), value.get("references", default.references),
+                                       value.get("seeds", default.seeds), value.get("resplit", default.resplit))
 
     def count(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -268,6 +271,8 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
         ctx.fail(f"{key}.top", f"must be an integer >= 0 (0: only the references), got {top!r}")
     if not isinstance(references, bool):
         ctx.fail(f"{key}.references", f"must be true or false, got {references!r}")
+    if not isinstance(resplit, bool):
+        ctx.fail(f"{key}.resplit", f"must be true or false (draw the validation images again for each extra seed), got {resplit!r}")
     if isinstance(seeds, list):
         if not seeds or not all(map(count, seeds)) or len(set(seeds)) != len(seeds):
             ctx.fail(f"{key}.seeds", f"must be a count of extra seeds or a list of distinct integers >= 0, got {seeds!r}")
@@ -277,7 +282,7 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
                                  "to switch confirmation off write confirm = false")
     if not top and not references:
         ctx.fail(key, "confirms nothing with top = 0 and references = false; write confirm = false to switch it off")
-    return {"confirm": Confirm(top, references, seeds)}
+    return {"confirm": Confirm(top, references, seeds, resplit)}
 
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@ -]*$")
@@ -428,7 +433,8 @@ def suite_toml(suite: Suite) -> str:
              *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
                                                                 "analyses")),
              *([f"data_root = {_toml(suite.data_root)}"] if suite.data_root else []),
-             "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds}) if c.enabled else "false"),
+             "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds, "resplit": c.resplit})
+                            if c.enabled else "false"),
              "", f"[suites.{key}.params]",
              *(f"{k} = {_toml(spec(v))}" for k, v in suite.params.items())]
     return "\n".join(lines) + "\n"

@@ -127,6 +127,25 @@ def kfold_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, v
     return split
 
 
+def resplit(ds: ImageDataset, seed: int, level: str = "subject") -> ImageDataset:
+    """The dataset with its training and validation images drawn again (``seed``), its test images
+    untouched: the same number of validation images per class as far as whole groups allow, subjects
+    (``level = "subject"``) and near-duplicate images kept whole within one split. A confirmation re-run
+    on such a split is scored on other validation images, so a configuration's mean over its re-runs is
+    not one validation set's luck (``confirm.resplit``)."""
+    pool = np.flatnonzero(ds.split != "test")
+    labels = ds.labels[pool]
+    if level == "subject":
+        groups = duplicate_groups(take(ds.images, pool), np.asarray(ds.groups).astype(str)[pool])
+    else:
+        groups = np.array([f"i{i}" for i in pool])
+    share = float((ds.split[pool] == "val").mean())
+    inner = ratio_split(labels, groups, (1.0 - share, share, 0.0), seed)
+    split = np.array(ds.split, copy=True)
+    split[pool] = inner
+    return dataclasses.replace(ds, split=split, split_source="made")
+
+
 def apply_protocol(dataset: ImageDataset, protocol: SplitProtocol, load_external: Callable[[dict], ImageDataset] | None = None,
                    augment: Callable | None = None) -> tuple[ImageDataset, LeakReport]:
     """Return the dataset with its train/val/test splits made by ``protocol``, and its leak audit."""

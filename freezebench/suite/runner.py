@@ -30,6 +30,7 @@ from ..results.tracking import Tracker
 from .config import suite_toml
 from .confirmation import Candidate, members
 from .preparation import PreparedSuite, StudyPlan
+from .protocols import resplit
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
 from .studies import (CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
@@ -337,6 +338,15 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
                   for t in study.trials if t.state.name == "COMPLETE" and (run_id := runs[t.number]) in found]
     chosen = members(candidates, suite.confirm, study.direction.name == "MAXIMIZE")
     strategies = plugins.strategies()
+    splits: dict[int, object] = {}  # seed -> its dataset (kept alive: the data cache knows datasets by id)
+
+    def data_for(seed: int):
+        if not suite.confirm.resplit:
+            return plan.dataset
+        if seed not in splits:
+            splits[seed] = resplit(plan.dataset, [plan.protocol.seed, seed], plan.protocol.level)
+        return splits[seed]
+
     if chosen:
         reporter.note(plan.name, f"confirming {len(chosen)} configuration(s) with extra seeds: "
                                  + "; ".join(f"{found[c.run_id].info.run_name} ({why})" for c, why in chosen))
@@ -353,11 +363,14 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             tags = {**{k: v for k, v in source.data.tags.items()
                        if k.startswith(layout.tag("")) and k not in (layout.ROLE, layout.MODEL, layout.STATE)},
                     layout.CONFIRM_OF: source.info.run_id, layout.CONFIRM_WHY: why}
+            data = data_for(seed)
             run_id = tracker.start_trial(experiment_id, parent, f"{source.info.run_name} seed={seed}", tags,
-                                         {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id}, role=layout.CONFIRM)
+                                         {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id,
+                                          "split_hash": data.split_hash(), "resplit": suite.confirm.resplit},
+                                         role=layout.CONFIRM)
             reporter.trial_started(plan.name, candidate.number, run_cfg)
             try:
-                result = run_trial(run_cfg, plan.dataset, plan.backbone, weights, strategies.get(cfg.strategy), cache,
+                result = run_trial(run_cfg, data, plan.backbone, weights, strategies.get(cfg.strategy), cache,
                                    lambda e, r, _id=run_id: tracker.log_epoch(_id, e, r), inspect=suite.analyses == "all")
             except KeyboardInterrupt:
                 tracker.end_trial(run_id, "interrupted", "interrupted (Ctrl-C or a stop signal); it runs again next time")
