@@ -176,6 +176,34 @@ def _read_rows(path: Path, shape: tuple, rows) -> np.ndarray:
     return out
 
 
+ORPHAN_AGE_S = 600  # a temporary file this long untouched, of a process that is gone, is an orphan
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_orphans(target: Path) -> None:
+    """Remove the temporary files a killed writer of ``target`` left (``<target>.<pid>.tmp*``): those of a
+    process that is gone and untouched for ``ORPHAN_AGE_S`` (a writer on another machine sharing the
+    cache keeps writing, so its file stays young). Without this, each kill -9 mid-write leaks a file the
+    size of the entry."""
+    import time
+
+    for tmp in target.parent.glob(f"{target.name}.*.tmp*"):
+        pid = tmp.name[len(target.name) + 1:].split(".", 1)[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and \
+                    time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S:
+                tmp.unlink()
+
+
 class _NpyOut:
     """A .npy file written row by row under a temporary name; ``commit`` renames it into place (whole or
     not at all), ``abandon`` removes it."""
@@ -183,6 +211,7 @@ class _NpyOut:
     def __init__(self, target: Path, shape: tuple):
         self.target, self.tmp = target, target.with_name(f"{target.name}.{os.getpid()}.tmp")
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_orphans(target)
         self.file = open(self.tmp, "wb")
         np.lib.format.write_array_header_1_0(self.file, {"descr": "|u1", "fortran_order": False, "shape": shape})
 
@@ -359,6 +388,7 @@ def _store(target: Path, **arrays) -> None:
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp.npz")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_orphans(target)
         np.savez(tmp, **arrays)
         tmp.replace(target)
     except OSError as exc:

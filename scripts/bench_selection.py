@@ -2,6 +2,7 @@
 
     python scripts/bench_selection.py                       # the quick suite, search seeds 0..3
     python scripts/bench_selection.py --suite strategies --seeds 0 1 --json out.json
+    python scripts/bench_selection.py --resplit                             # confirm = { ..., resplit = true }
 
 For each search seed, the suite runs once (its own results folder; the confirmation set on, as by
 default), and two picks are read from the same store:
@@ -11,6 +12,8 @@ default), and two picks are read from the same store:
 For each pick: its test AUC (a confirmed pick: the mean over its seeds, a single pick: its one run),
 and, for the single pick, the mean test AUC of its own seeds when it was confirmed too (so both picks
 are compared at equal footing). Prints a Markdown table. The test set plays no part in either pick.
+With ``--resplit`` the confirmation re-runs also draw train/val again (``confirm.resplit``), so the
+confirmed pick is the best mean over three validation sets instead of one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(suite: str, seed: int, folder: Path) -> Path:
+def _config(suite: str, seed: int, folder: Path, resplit: bool = False) -> Path:
     """The shipped suite with another search seed, as a file of its own."""
     from dataclasses import replace
 
@@ -36,7 +39,8 @@ def _config(suite: str, seed: int, folder: Path) -> Path:
     declared = {p.name: e.name for e in plugins.strategies().entries() for p in getattr(e.obj, "params", ())}
     chosen = load_config(ROOT / "benchmarks.toml", declared).suite(suite)
     path = folder / f"{suite}-seed{seed}.toml"
-    path.write_text(suite_toml(replace(chosen, seed=seed)), encoding="utf-8")
+    chosen = replace(chosen, seed=seed, confirm=replace(chosen.confirm, resplit=resplit))
+    path.write_text(suite_toml(chosen), encoding="utf-8")
     return path
 
 
@@ -68,12 +72,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="breastmnist")
     parser.add_argument("--metric", default="f1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--resplit", action="store_true", help="confirmation re-runs draw train/val again")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     out = []
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
         for seed in args.seeds:
-            config, results = _config(args.suite, seed, Path(tmp)), Path(tmp) / f"results-{seed}"
+            config, results = _config(args.suite, seed, Path(tmp), args.resplit), Path(tmp) / f"results-{seed}"
             proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", args.suite, "--config", str(config),
                                    "--results-dir", str(results)], capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
             if proc.returncode:

@@ -199,3 +199,30 @@ def test_a_file_name_that_is_not_utf8_loads_and_caches(tmp_path, cache):
     Image.fromarray(np.full((9, 9), 5, np.uint8)).save(odd)
     files, kept = decode_files([good, odd])
     assert kept == [0, 1] and files.resized(8).shape == (2, 3, 8, 8) and int(files[1][0, 0]) == 5
+
+
+def test_temporary_files_of_a_killed_writer_are_swept_and_a_live_writers_are_kept(tmp_path, cache):
+    """kill -9 while a cache entry is written leaves ``<entry>.<pid>.tmp``: the next writer of that entry
+    removes it once its process is gone and the file is old, never a file a live process is writing."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    paths = _images(tmp_path / "imgs", n=4)
+    files, _ = decode_files(paths)
+    target = files._resized_path(16, "stretch")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process that has exited
+    old = time.time() - 2 * imagefiles.ORPHAN_AGE_S
+    orphan, young, live = (target.with_name(f"{target.name}.{dead_pid}.tmp"), target.with_name(f"{target.name}.{dead_pid}.tmp.npz"),
+                           target.with_name(f"{target.name}.{os.getppid()}.tmp"))
+    for f in (orphan, young, live):
+        f.write_bytes(b"\0" * 1000)
+    for f in (orphan, live):
+        os.utime(f, (old, old))
+    got = files.resized(16)
+    assert target.is_file() and got.shape == (4, 3, 16, 16)
+    assert not orphan.exists()  # its writer is gone and it is old
+    assert young.exists() and live.exists()  # recently written, or its writer still runs
