@@ -3,11 +3,13 @@
     python scripts/bench_time_to_answer.py                                   # BreastMNIST, 64 px, seeds 0 1 2
     python scripts/bench_time_to_answer.py --dataset brain_mri --image-size 128 --seeds 0 1
     python scripts/bench_time_to_answer.py --modes default hyperband --json out.json
+    python scripts/bench_time_to_answer.py --grid-granularity layer          # paper 002's grid: every layer
     python scripts/bench_time_to_answer.py --from-json out.json              # print a saved run's table again
 
 - **grid-naive** (the anchor, run once): the papers' method (paper 002): every freeze point
-  (``freeze_to k = 0..n``, block units) x 3 learning rates (1e-4, 1e-3, 1e-2), each trial computing every
-  layer every epoch (``cache = "off"``, ``channels_last = false``), no confirmation, no analyses.
+  (``freeze_to k = 0..n``, block units; ``--grid-granularity layer``: every conv/linear layer, as paper 002
+  froze) x 3 learning rates (1e-4, 1e-3, 1e-2), each trial computing every layer every epoch
+  (``cache = "off"``, ``channels_last = false``), no confirmation, no analyses.
 - **default**: what a user gets: the README's ``quick`` suite as ``benchmarks.toml`` defines it (its
   strategies, ranges, trials, epochs, pruner and confirmation set), on this dataset and image size, with
   the search seed changed.
@@ -55,13 +57,15 @@ def _toml(value) -> str:
     return json.dumps(value)
 
 
-def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: int, folder: Path) -> Path:
+def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: int, folder: Path,
+               grid_granularity: str = "block") -> Path:
     """The benchmarks.toml of one mode: the anchor grid, or the quick suite with the mode's pruner."""
     quick = tomllib.loads((ROOT / "benchmarks.toml").read_text())["suites"]["quick"]
     head = [f'data_root = "{DATA}"', f"datasets = [{DATASETS[dataset]}]", f'backbones = ["{backbone}"]']
     if mode == "grid-naive":
         params = {"strategy": "freeze_to", "k": {"low": 0}, "lr": list(GRID_LRS), "epochs": quick["params"]["epochs"],
-                  "batch_size": quick["params"].get("batch_size", 32), "cache": "off", "channels_last": False}
+                  "batch_size": quick["params"].get("batch_size", 32), "cache": "off", "channels_last": False,
+                  "granularity": grid_granularity}
         head += ["n_trials = 1000", 'sampler = "grid"', "confirm = false", 'analyses = "none"']
     else:
         params = dict(quick["params"])
@@ -77,11 +81,11 @@ def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: in
 
 
 def run_mode(mode: str, args, seed: int, keep: Path) -> dict:
-    results = keep / f"{args.dataset}-{args.image_size}-{mode}-s{seed}"
+    results = keep / f"{args.dataset}-{args.image_size}-{mode}{'-' + args.grid_granularity if mode == 'grid-naive' else ''}-s{seed}"
     if results.exists():
         raise SystemExit(f"{results} exists: give another --keep folder")
     results.mkdir(parents=True)
-    config = suite_file(mode, args.dataset, args.backbone, args.image_size, seed, results)
+    config = suite_file(mode, args.dataset, args.backbone, args.image_size, seed, results, args.grid_granularity)
     env = {**os.environ, "FREEZEBENCH_CACHE": str(keep / "cache")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "bench", "--config", str(config),
@@ -143,7 +147,8 @@ def answer(search: dict, dataset_label: str, truth: dict) -> dict:
 def report(data: dict) -> str:
     truth = data["oracle"]
     grid = next(r for r in data["runs"] if r["mode"] == "grid-naive")
-    lines = [f"{data['dataset']}, {data['image_size']} px, {data['backbone']}: naive grid {truth['trials']} trials, "
+    lines = [f"{data['dataset']}, {data['image_size']} px, {data['backbone']}: naive grid ({data.get('grid_granularity', 'block')} "
+             f"freeze points) {truth['trials']} trials, "
              f"{grid['wall_s']:.0f} s; oracle {truth['oracle']} (test AUC {truth['oracle_auc']:.3f}); the grid's own "
              f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})", "",
              "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
@@ -164,6 +169,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--backbone", default="mobilenetv2_100")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
+    parser.add_argument("--grid-granularity", choices=["block", "layer"], default="block",
+                        help="the anchor grid's freeze points: every block, or every layer (paper 002)")
     parser.add_argument("--modes", nargs="+", default=["none", "hyperband"], choices=sorted(SEARCH_MODES))
     parser.add_argument("--keep", type=Path, help="folder for the runs' results (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the measurements here")
@@ -186,7 +193,7 @@ def main() -> None:
             run.update(answer(run, label, truth))
             print(f"{mode} seed {seed}: {run['wall_s']:.0f} s, {run['answer']}, tied {run['tied']}", flush=True)
             runs.append(run)
-    data = {"dataset": args.dataset, "image_size": args.image_size, "backbone": args.backbone,
+    data = {"dataset": args.dataset, "image_size": args.image_size, "backbone": args.backbone, "grid_granularity": args.grid_granularity,
             "date": time.strftime("%Y-%m-%d"), "runs": runs,
             "oracle": {k: v for k, v in truth.items() if k not in ("labels", "probs")}}
     if args.json:
