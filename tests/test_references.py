@@ -115,3 +115,30 @@ def test_a_freeze_to_sweep_is_compared_with_its_k0_and_kn_trials_as_the_referenc
     for ref, row in rec.references.items():
         assert row["strategy"] == "freeze_to" and row["params"]["k"] == k_of[ref]
         assert f"vs {ref} (as freeze_to k={k_of[ref]}, lr 0.003, 2 seeds)" in out
+
+
+def test_a_reference_without_a_finished_trial_is_named_with_why(tmp_path):
+    """Hyperband prunes a reference as readily as any configuration: the recommendation then says that no
+    comparison was made and why, instead of leaving the reference out in silence."""
+    from freezebench.results import layout
+    from freezebench.results.recommend import Recommendation, _why_missing
+    from freezebench.results.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
+    exp = tracker.experiment_id("data")
+    parent = tracker.study_run(exp, "s/data/net", {}, {})
+    for state in ("pruned", "pruned", "failed"):
+        run = tracker.start_trial(exp, parent, "full", {layout.STUDY_NAME: "s/data/net", layout.STRATEGY: "full"}, {})
+        tracker.end_trial(run, state, "stopped")
+    assert _why_missing(tracker.client, exp, "s/data/net", "full") == (
+        'none of its 3 trial(s) finished (1 failed, 2 pruned); more n_trials, or a pruner that keeps it (pruner = "none"), '
+        "would give one")
+    assert "linear_probe was not searched" in _why_missing(tracker.client, exp, "s/data/net", "linear_probe")
+    assert _why_missing(tracker.client, exp, "other/data/net", "full").startswith("full was not searched")  # per study
+    best = {"strategy": "freeze_to", "strategy_params": "k=3", "frozen": [], "lr": 0.01, "head_lr_mult": 10.0,
+            "bn_policy": "eval", "val_f1": 0.8}
+    from freezebench.results.stats import Interval
+
+    rec = Recommendation("s/data/net", "data", "net", "f1", best, n_test=10, missing={"full": "none of its 3 trial(s) finished"},
+                         intervals={m: Interval(0.8, 0.7, 0.9) for m in ("auc", "accuracy", "balanced_accuracy")})
+    assert "  vs full: no comparison, none of its 3 trial(s) finished." in rec.lines()

@@ -26,6 +26,7 @@ class Recommendation:
     intervals: dict[str, stats.Interval] = field(default_factory=dict)
     comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # reference strategy -> best minus it
     references: dict[str, dict] = field(default_factory=dict)  # reference strategy -> its best row
+    missing: dict[str, str] = field(default_factory=dict)  # reference strategy -> why it is not compared
 
     @property
     def degenerate(self) -> bool:
@@ -66,6 +67,8 @@ class Recommendation:
             out.append(f"  vs {ref} ({stand_in}lr {r['lr']:.2g}{seeds}): "
                        f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
                        f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
+        for ref, why in self.missing.items():
+            out.append(f"  vs {ref}: no comparison, {why}.")
         probe = self.comparisons.get("linear_probe")
         if b.get("amounts_to") == "linear_probe":
             out.append("  Linear probing itself is the best configuration found"
@@ -124,14 +127,32 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
             continue  # the recommendation is this reference: nothing to compare
         candidate = next((r for r in rows if is_reference(r, ref)), None)
         if candidate is None:
+            rec.missing[ref] = _why_missing(client, experiment_id, study, ref)
             continue
         other = predictions.row(candidate)
         if other is None or len(other[0]) != len(labels) or (other[0] != labels).any():
+            rec.missing[ref] = "its best trial was not tested on the same images"
             continue  # not the same test images: no paired comparison
         comparisons[ref] = stats.compare(labels, probs, other[1], "auc")
         rec.references[ref] = candidate
     rec.comparisons = dict(zip(comparisons, stats.holm(list(comparisons.values()))))
     return rec
+
+
+def _why_missing(client, experiment_id: str, study: str, ref: str) -> str:
+    """Why a study has no finished trial of reference ``ref``: not searched, or every trial of it stopped early
+    (Hyperband prunes a reference as readily as any configuration)."""
+    runs = client.search_runs([experiment_id], layout.where(layout.TRIAL, study=study, strategy=ref), max_results=1000)
+    if not runs:
+        return (f"{ref} was not searched (add it to the suite's strategies"
+                + (", or freeze_to k=0" if ref == "full" else ", or freeze_to with every unit frozen") + ")")
+    states: dict[str, int] = {}
+    for r in runs:
+        state = r.data.tags.get(layout.STATE, "running")
+        states[state] = states.get(state, 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return (f"none of its {len(runs)} trial(s) finished ({counts}); more n_trials, or a pruner that keeps it "
+            "(pruner = \"none\"), would give one")
 
 
 def recommendations(tracker: Tracker, dataset: str, metric: str, suite: str | None = None, rows: list[dict] | None = None,
