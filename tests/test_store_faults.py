@@ -217,3 +217,26 @@ def test_faults_are_told_apart_from_bugs():
     except RuntimeError as outer:
         assert fault_of(outer) == "the disk is full (no space left on device)"
     assert fault_of(ValueError("a bug")) is None and fault_of(OSError(errno.ENOENT, "missing")) is None
+
+
+def test_a_dataset_label_already_used_for_another_task_is_refused_before_anything_is_written(run_bad_dir, tmp_path):
+    """Two tasks under one label (PH2 3-class, then PH2 melanoma-vs-rest, both "ph2") would share one
+    experiment and one leaderboard: the second run is refused, naming the label and what differs."""
+    from freezebench.results import layout
+    from freezebench.results.tracking import Tracker
+
+    results = tmp_path / "results"
+    results.mkdir()
+    tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", str(results / "mlartifacts"))
+    exp = tracker.experiment_id("tinybreast", {layout.DATASET_PLUGIN: "medmnist_npz", layout.CLASSES: "benign,malignant,normal"})
+    err = run_bad_dir(results)
+    assert "Dataset 'tinybreast' of suite 'tiny' (medmnist_npz, classes 0, 1)" in err
+    assert "already holds results under 'tinybreast' for another task (classes 'benign,malignant,normal')" in err
+    assert 'alias = "medmnist_npz_tiny"' in err and "Nothing was written." in err
+    assert tracker.client.search_runs([exp]) == []
+    # an experiment from before these tags is not refused: it learns them on first use, then guards them
+    about = {layout.DATASET_PLUGIN: "ph2", layout.CLASSES: "melanoma,other"}
+    old = tracker.client.create_experiment("ph2")
+    assert tracker.experiment_clash("ph2", about) is None and tracker.experiment_id("ph2", about) == old
+    assert tracker.client.get_experiment(old).tags[layout.CLASSES] == "melanoma,other"
+    assert tracker.experiment_clash("ph2", {**about, layout.CLASSES: "common,atypical,melanoma"}) == "classes 'melanoma,other'"

@@ -41,6 +41,8 @@ AMOUNTS_TO = tag("amounts_to")  # the reference strategy a trial's plan is ("ful
 PREFIX_CACHE = tag("prefix_cache")
 COMPUTE = tag("compute")
 PEAK_MEMORY_OF = tag("peak_memory_of")  # what metric peak_memory_mb measures: "cuda allocated" or "process max RSS"
+DATASET_PLUGIN = tag("dataset_plugin")  # on an experiment: the dataset plugin whose results it holds
+CLASSES = tag("classes")  # on an experiment: its dataset's class names, comma-separated
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 

@@ -55,22 +55,37 @@ class Tracker:
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
-    def experiment_id(self, dataset: str) -> str:
+    def experiment_id(self, dataset: str, about: dict[str, str] | None = None) -> str:
+        """The experiment of dataset label ``dataset``, created when missing. ``about``: what it holds
+        (``layout.DATASET_PLUGIN``, ``layout.CLASSES``), recorded on it (see ``experiment_clash``)."""
+        about = about or {}
         exp = self.client.get_experiment_by_name(dataset)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            for k, v in about.items():  # an experiment from before these tags learns them on first use
+                if k not in exp.tags:
+                    self.client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
         location = str(Path(self.artifact_root) / layout.path_component(dataset)) if self.artifact_root else None
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.create_experiment(dataset, artifact_location=location, tags={layout.DATASET: dataset})
+            return self.client.create_experiment(dataset, artifact_location=location, tags={layout.DATASET: dataset, **about})
         except MlflowException:  # another worker created it a moment ago
             exp = self.client.get_experiment_by_name(dataset)
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def experiment_clash(self, dataset: str, about: dict[str, str]) -> str | None:
+        """What the existing experiment of ``dataset`` recorded that differs from ``about`` ("classes a,b"),
+        or None: two tasks under one label would share a leaderboard."""
+        exp = self.client.get_experiment_by_name(dataset)
+        if exp is None:
+            return None
+        differ = [f"{k.removeprefix(layout.tag(''))} {exp.tags[k]!r}" for k, v in about.items() if k in exp.tags and exp.tags[k] != v]
+        return ", ".join(differ) or None
 
     def study_run(self, experiment_id: str, study: str, tags: dict[str, str], params: dict[str, Any]) -> str:
         """The study's parent run: reopened if this study ran before, created otherwise."""

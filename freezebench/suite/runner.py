@@ -142,7 +142,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     n_units = {g: len(u) for g, u in plan.units.items()}
     n_trials = planned_trials(plan)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported by us, with reasons
-    experiment_id = tracker.experiment_id(plan.dataset_ref.label)
+    experiment_id = tracker.experiment_id(plan.dataset_ref.label, dataset_about(plan))
     base_tags = {
         layout.SUITE: suite.name,
         layout.STUDY_NAME: plan.name,
@@ -431,5 +431,20 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
                             "up), the file is damaged: move it away and run again; finished results are in optuna.db "
                             "and mlartifacts/.") from None
         stores.create_whole(stores.optuna_url, storage)
+    for plan in plans:  # before anything is written: one label, one task
+        clash = tracker.experiment_clash(plan.dataset_ref.label, dataset_about(plan))
+        if clash:
+            ref = plan.dataset_ref
+            raise UserError(
+                f"Dataset {ref.label!r} of suite {plan.suite.name!r} ({ref.name}, classes {', '.join(plan.dataset.classes)}): the "
+                f"results store {stores.tracking_uri} already holds results under {ref.label!r} for another task ({clash}); "
+                f"their leaderboards would mix. Give this dataset its own alias in the suite "
+                f"({{ name = \"{ref.name}\", ..., alias = \"{ref.name}_{plan.suite.name}\" }}) or use another --results-dir. "
+                "Nothing was written.")
     cache = DataCache()
     return [run_study(plan, stores, tracker, reporter, cache) for plan in plans]
+
+
+def dataset_about(plan: StudyPlan) -> dict[str, str]:
+    """What a dataset label's experiment holds: the dataset plugin and its classes."""
+    return {layout.DATASET_PLUGIN: plan.dataset_ref.name, layout.CLASSES: ",".join(plan.dataset.classes)}
