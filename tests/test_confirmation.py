@@ -155,8 +155,10 @@ def test_the_confirmation_set_is_trained_once_per_member_and_seed(confirmed):
         sorted((c.run_id, "1") for c, _ in expected)  # every member once, with its one extra seed, and nothing else
     for r in confirms:
         source = client.get_run(r.data.tags["freezebench.confirm_of"])
-        assert {k: v for k, v in r.data.params.items() if k not in ("seed", "confirm_of")} == \
-            {k: v for k, v in source.data.params.items() if k in r.data.params and k not in ("seed", "confirm_of")}
+        own = ("seed", "confirm_of", "resplit")  # the same configuration, on the same split (no resplit here)
+        assert r.data.params["resplit"] == "False" and r.data.params["split_hash"] == source.data.params["split_hash"]
+        assert {k: v for k, v in r.data.params.items() if k not in own} == \
+            {k: v for k, v in source.data.params.items() if k in r.data.params and k not in own}
     kept = {}
     for r in trials + confirms:  # every confirmed configuration keeps exactly one trained model
         if r.data.tags.get("freezebench.model") == "kept":
