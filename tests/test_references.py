@@ -142,3 +142,23 @@ def test_a_reference_without_a_finished_trial_is_named_with_why(tmp_path):
     rec = Recommendation("s/data/net", "data", "net", "f1", best, n_test=10, missing={"full": "none of its 3 trial(s) finished"},
                          intervals={m: Interval(0.8, 0.7, 0.9) for m in ("auc", "accuracy", "balanced_accuracy")})
     assert "  vs full: no comparison, none of its 3 trial(s) finished." in rec.lines()
+
+
+def test_a_row_significantly_better_on_test_is_a_caution_under_the_recommendation():
+    """The recommendation is the row chosen on validation; when the leaderboard finds a row significantly better
+    on the test images, the answer warns that validation did not single out the best, naming the best such row."""
+    from freezebench.results.recommend import Recommendation
+    from freezebench.results.stats import Interval
+
+    best = {"strategy": "bitfit", "strategy_params": "-", "frozen": [], "lr": 0.008, "head_lr_mult": 10.0,
+            "bn_policy": "eval", "val_f1": 0.8}
+    better = [{"strategy": s, "strategy_params": p, "lr": lr, "vs_first": "better", "vs_first_auc": d,
+               "vs_first_auc_ci": [d - 0.04, d + 0.04], "vs_first_p": p_}
+              for s, p, lr, d, p_ in [("full", "-", 1e-3, 0.04, 0.04), ("gradual_unfreeze", "every=1", 1.2e-4, 0.054, 0.03)]]
+    kwargs = dict(n_test=156, intervals={m: Interval(0.8, 0.7, 0.9) for m in ("auc", "accuracy", "balanced_accuracy")})
+    caution = [line for line in Recommendation("s/d/n", "d", "n", "f1", best, better=better, **kwargs).lines()
+               if line.startswith("  Caution")]
+    assert caution == ["  Caution: 2 configuration(s) tested significantly better on these images, e.g. gradual_unfreeze "
+                       "every=1 lr 0.00012 (AUC +0.054 [+0.014, +0.094], p = 0.03, Holm): the validation images did not "
+                       "single out the best; more validation data or confirm = { resplit = true } may (rows marked 'better')."]
+    assert not any("Caution" in line for line in Recommendation("s/d/n", "d", "n", "f1", best, **kwargs).lines())

@@ -65,7 +65,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     from ..results import layout
     from ..results.evidence import Predictions
     from ..results.folds import cross_validated
-    from ..results.leaderboard import COSTS, cheapest_first, leaderboard
+    from ..results.leaderboard import COSTS, VS_FIRST_LEGEND, cheapest_first, leaderboard
     from ..results.recommend import recommendations
 
     predictions = Predictions(tracker.client)  # loaded once for the leaderboard and the recommendation
@@ -107,8 +107,7 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
     if not rows:
         console.print(f"No finished trials for {dataset!r} yet.", markup=False)
         return
-    console.print("vs first: 'tied' = test AUC not significantly worse than the first row's (paired bootstrap on the same "
-                  "test images, Holm-corrected); 'worse' = significantly worse.", markup=False, highlight=False, soft_wrap=True)
+    console.print(VS_FIRST_LEGEND, markup=False, highlight=False, soft_wrap=True)
     if "fold" in cols:
         console.print("fold: each fold's rows are tested on its own held-out images; rows of different folds are not "
                       "compared ('-').", markup=False, highlight=False, soft_wrap=True)

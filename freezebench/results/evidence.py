@@ -5,7 +5,8 @@ which rows are statistically tied with the first.
   bootstrap over test images of that mean (``stats.intervals`` on stacked predictions).
 - Every row is compared with the first (the row chosen on validation) on the same test images: the
   AUC difference by paired bootstrap, p-values Holm-corrected over the rows compared. A row is
-  **tied with the first** unless it is significantly worse. A row tested on other images (another
+  **tied with the first** unless it is significantly worse; ``vs_first`` says "tied", "worse" or
+  "better" (significantly better on the test images: the validation choice missed it). A row tested on other images (another
   split, another fold: its ``split_hash`` differs) is not compared (``tied_with_first`` is None).
 """
 
@@ -68,3 +69,4 @@ def add_evidence(client, rows: list[dict], predictions: Predictions | None = Non
         r[f"vs_first_{TIE_METRIC}_ci"] = [c.difference.low, c.difference.high]
         r["vs_first_p"] = c.p_holm
         r["tied_with_first"] = not (c.significant and c.difference.value < 0)
+        r["vs_first"] = "tied" if not c.significant else ("worse" if c.difference.value < 0 else "better")

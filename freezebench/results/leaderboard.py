@@ -207,23 +207,28 @@ def validation(row: dict, metric: str) -> str:
     return f"{value:.3f}" + (f" ±{row[f'val_{metric}_std']:.3f} ({row['seeds']} seeds)" if row.get("confirmed") else "")
 
 
+VS_FIRST_LEGEND = ("vs first: 'tied' = test AUC not significantly different from the first row's (paired bootstrap on "
+                   "the same test images, Holm-corrected); 'worse' = significantly worse; 'better' = significantly "
+                   "better, a configuration the choice on validation missed.")
+
+
 def versus_first(row: dict, detail: bool = True) -> str:
-    """"first", "tied", "worse" (significantly), or "-" (not compared), for the leaderboard's tie column;
-    with ``detail``, the AUC difference and its p-value follow."""
-    tied = row.get("tied_with_first")
+    """"first", "tied", "worse" or "better" (significantly), or "-" (not compared), for the leaderboard's
+    tie column; with ``detail``, the AUC difference and its p-value follow."""
     if row.get("rank") == 1:
         return "first"
-    if tied is None:
+    if row.get("tied_with_first") is None:
         return "-"
     diff = row.get("vs_first_auc")
-    return ("tied" if tied else "worse") + (f" (AUC {diff:+.3f}, p {row['vs_first_p']:.2g})" if detail and diff is not None else "")
+    verdict = row.get("vs_first") or ("tied" if row["tied_with_first"] else "worse")
+    return verdict + (f" (AUC {diff:+.3f}, p {row['vs_first_p']:.2g})" if detail and diff is not None else "")
 
 
 def to_markdown(rows: list[dict], metric: str, dataset: str) -> str:
     head = (f"# Leaderboard: {dataset}\n\nConfigurations confirmed over several seeds first, ranked by their mean "
             f"validation {metric}, then single trials by their best validation {metric}. Test metrics with 95% confidence "
             "intervals (stratified bootstrap over the test images; a confirmed row: of its mean over seeds). "
-            "'tied': not significantly worse than the first on test AUC (paired bootstrap, Holm-corrected).\n\n")
+            f"{VS_FIRST_LEGEND}\n\n")
     lines = [f"| # | study | strategy | with | lr | val {metric} | test acc | test bal. acc | test auc | vs first | trained params |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

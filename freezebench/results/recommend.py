@@ -27,6 +27,7 @@ class Recommendation:
     comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # reference strategy -> best minus it
     references: dict[str, dict] = field(default_factory=dict)  # reference strategy -> its best row
     missing: dict[str, str] = field(default_factory=dict)  # reference strategy -> why it is not compared
+    better: list[dict] = field(default_factory=list)  # leaderboard rows significantly better on test (vs_first)
 
     @property
     def degenerate(self) -> bool:
@@ -69,6 +70,13 @@ class Recommendation:
                        f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
         for ref, why in self.missing.items():
             out.append(f"  vs {ref}: no comparison, {why}.")
+        if self.better:
+            r = max(self.better, key=lambda r: r["vs_first_auc"])
+            lo, hi = r["vs_first_auc_ci"]
+            out.append(f"  Caution: {len(self.better)} configuration(s) tested significantly better on these images, "
+                       f"e.g. {_what(r)} lr {r['lr']:.2g} (AUC {r['vs_first_auc']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                       f"{_p(r['vs_first_p'])}, Holm): the validation images did not single out the best; "
+                       "more validation data or confirm = { resplit = true } may (rows marked 'better').")
         probe = self.comparisons.get("linear_probe")
         if b.get("amounts_to") == "linear_probe":
             out.append("  Linear probing itself is the best configuration found"
@@ -115,7 +123,9 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
         return None
     predictions = predictions or Predictions(client)
     best = rows[0]
-    rec = Recommendation(study, dataset, best["backbone"], metric, best)
+    # vs_first compares with the dataset leaderboard's first row: it speaks for this study only when that row is its best
+    better = [r for r in rows[1:] if r.get("vs_first") == "better"] if best.get("rank") == 1 else []
+    rec = Recommendation(study, dataset, best["backbone"], metric, best, better=better)
     mine = predictions.row(best)
     if mine is None:
         return rec

@@ -27,7 +27,7 @@ from ..errors import UserError
 from . import layout
 from .evidence import Predictions
 from .folds import cross_validated
-from .leaderboard import leaderboard, validation, versus_first, with_ci
+from .leaderboard import VS_FIRST_LEGEND, leaderboard, validation, versus_first, with_ci
 from .ranking import cd_diagram, rank_strategies
 from .recommend import recommendations
 from .stats import intervals
@@ -225,7 +225,7 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         same = {c: shown[0].get(c) for c in columns if c not in varying} if shown else {}
         boards.append(f"<h3>Leaderboard: {html.escape(dataset)}</h3>"
                       + (f"<p class='meta'>Every row: {html.escape(', '.join(f'{k} {v}' for k, v in same.items()))}.</p>" if same else "")
-                      + _table(shown, varying, ["confirmed" if r["confirmed"] else ("worse" if r.get("tied_with_first") is False else "")
+                      + _table(shown, varying, ["confirmed" if r["confirmed"] else (r.get("vs_first") if r.get("vs_first") in ("worse", "better") else "")
                                                 for r in rows]))
 
     ranked = rank_strategies(across)
@@ -253,7 +253,7 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{layout.path_component(suite)}.html"
     page = _PAGE.format(suite=html.escape(suite), n=len(studies), answers="\n".join(answers), across=across_html,
-                        boards="\n".join(boards), views="\n".join(views), provenance="\n".join(provenance),
+                        boards="\n".join(boards), legend=html.escape(VS_FIRST_LEGEND), views="\n".join(views), provenance="\n".join(provenance),
                         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), store=html.escape(tracker.tracking_uri))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -302,7 +302,7 @@ h2 {{ border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 table {{ border-collapse: collapse; margin: 0.6em 0; font-size: 12.5px; display: block; overflow-x: auto; max-width: 100%; }}
 th, td {{ border: 1px solid #ddd; padding: 2px 7px; text-align: right; white-space: nowrap; }}
 th {{ background: #f3f3f3; }} td.l {{ text-align: left; white-space: normal; }}
-tr.confirmed td {{ background: #f4faf4; }} tr.worse td {{ color: #888; }}
+tr.confirmed td {{ background: #f4faf4; }} tr.worse td {{ color: #888; }} tr.better td {{ font-weight: 600; }}
 svg.fig {{ max-width: 100%; height: auto; display: block; }}
 figure {{ display: inline-block; margin: 0.4em; vertical-align: top; max-width: 48%; }}
 figure img {{ max-width: 100%; border: 1px solid #eee; }}
@@ -327,8 +327,7 @@ hundred test images, differences of a few points are often noise: read the inter
 
 <h2>3. Leaderboards</h2>
 <p>Confirmed configurations (green) first, by their mean validation metric over seeds, then single trials.
-"vs first": whether the row's test AUC is significantly worse than the first row's (paired bootstrap, Holm);
-"tied" rows cannot be told apart from the first on these test images.</p>
+{legend}</p>
 {boards}
 
 <h2>4. The papers' views</h2>
