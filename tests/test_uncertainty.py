@@ -169,3 +169,32 @@ def test_resampled_auc_equals_scikit_learn_on_every_resample_with_ties():
     three = rng.integers(0, 3, 90)
     probs = rng.dirichlet([1, 1, 1], 90)
     assert stats.point_metrics(three, probs)["auc"] == pytest.approx(roc_auc_score(three, probs, multi_class="ovr"))
+
+
+def test_recommend_prints_the_answer_alone_and_as_json_for_scripts(three_strategies, cli, tmp_path):
+    """`freezebench recommend` gives the answer `run` ends with: the same lines as text, and as JSON the first
+    leaderboard row's configuration, its intervals and the paired comparisons with the references."""
+    import json
+
+    results, _ = three_strategies
+    code, text, _ = cli("recommend", "--dataset", "tinybreast", "--results-dir", str(results))
+    _, board, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results))
+    assert code == 0 and text.startswith("Recommended for tinybreast x mobilenetv2_100:")
+    assert board.startswith(text)  # the leaderboard leads with exactly these lines
+    code, out, _ = cli("recommend", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    (rec,) = json.loads(out)
+    _, rows_out, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    first = json.loads(rows_out)[0]
+    assert code == 0 and rec["configuration"]["run_id"] == first["run_id"]
+    assert rec["configuration"]["strategy"] == first["strategy"] and rec["configuration"]["lr"] == first["lr"]
+    auc = rec["test"]["auc"]
+    assert auc["low"] <= auc["value"] <= auc["high"] and auc["value"] == pytest.approx(first["test_auc"])
+    assert set(rec["references"]) | set(rec["not_compared"]) == {"linear_probe", "full"} - {first["strategy"]}
+    for ref in rec["references"].values():
+        d = ref["auc_difference"]
+        assert d["low"] <= d["value"] <= d["high"] and 0 <= ref["p_holm"] <= 1 and ref["significant"] == (ref["p_holm"] < 0.05)
+    assert rec["text"] == text.rstrip("\n").split("\n")
+    code, _, err = cli("recommend", "--dataset", "nosuch", "--results-dir", str(results))
+    assert code == 2 and "nosuch" in err and "tinybreast" in err
+    code, _, err = cli("recommend", "--dataset", "tinybreast", "--results-dir", str(tmp_path / "empty"))
+    assert code == 2 and "No results store" in err

@@ -26,6 +26,7 @@ def _register_commands() -> None:
     cli.add_command(info.list_cmd)
     cli.add_command(info.describe_cmd)
     cli.add_command(results.leaderboard_cmd)
+    cli.add_command(results.recommend_cmd)
     cli.add_command(results.ui_cmd)
     cli.add_command(report.report_cmd)
     cli.add_command(models.export_cmd)

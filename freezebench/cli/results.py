@@ -1,4 +1,4 @@
-"""`freezebench leaderboard` and `freezebench ui`: read results back from MLflow."""
+"""`freezebench leaderboard`, `freezebench recommend` and `freezebench ui`: read results back from MLflow."""
 
 from __future__ import annotations
 
@@ -129,20 +129,53 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
 def leaderboard_cmd(dataset, metric, suite, limit, group_by, cheapest, as_json, results_dir, storage, tracking_uri):
     """Trials of DATASET ranked by their best validation metric, with test metrics."""
     from ..results.leaderboard import cheapest_first, leaderboard
-    from ..suite.stores import Stores
-    from ..results.tracking import Tracker
 
-    stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
-    if not stores.exists():
-        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
-    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    tracker = _tracker(results_dir, storage, tracking_uri)
     if as_json:
         rows = leaderboard(tracker, dataset, metric, suite=suite, group_by=group_by)
         rows = cheapest_first(rows, cheapest) if cheapest else rows
         print_json(rows[:limit] if limit else rows)
     else:
         print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by, cheapest=cheapest)
+
+
+@click.command("recommend")
+@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
+@click.option("--metric", default="f1", show_default=True, help="Chosen on the best (confirmed: mean) validation value of this metric.")
+@click.option("--suite", help="Only trials of this suite.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per study.")
+@store_options
+def recommend_cmd(dataset, metric, suite, as_json, results_dir, storage, tracking_uri):
+    """The answer alone: per study of DATASET, the recommended configuration with its test CIs and its
+    comparison with linear probing and full fine-tuning (what `freezebench run` ends with)."""
+    from ..results.evidence import Predictions
+    from ..results.leaderboard import leaderboard
+    from ..results.recommend import recommendations
+
+    tracker = _tracker(results_dir, storage, tracking_uri)
+    predictions = Predictions(tracker.client)
+    rows = leaderboard(tracker, dataset, metric, suite=suite, predictions=predictions)
+    recs = recommendations(tracker, dataset, metric, suite, rows=rows, predictions=predictions)
+    if as_json:
+        print_json([rec.as_dict() for rec in recs])
+        return
+    if not recs:
+        console.print(f"No finished trials for {dataset!r} yet.", markup=False)
+    for rec in recs:
+        for line in rec.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _tracker(results_dir, storage, tracking_uri):
+    """The results store's tracker, or a clear error when there is none yet."""
+    from ..results.tracking import Tracker
+    from ..suite.stores import Stores
+
+    stores = Stores.resolve(results_dir, storage, tracking_uri)
+    stores.check()
+    if not stores.exists():
+        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    return Tracker(stores.tracking_uri, stores.artifact_root)
 
 
 def ui_command(stores, port: int) -> list[str]:

@@ -87,6 +87,37 @@ class Recommendation:
         return out
 
 
+    def as_dict(self) -> dict:
+        """The recommendation for scripts (``freezebench recommend --json``): the configuration, how it was
+        chosen, its test intervals, each reference comparison or why there is none, and its lines as text."""
+        b, metric = self.best, self.metric
+        interval = lambda i: {"value": i.value, "low": i.low, "high": i.high}  # noqa: E731
+        return {
+            "study": self.study, "dataset": self.dataset, "backbone": self.backbone,
+            "configuration": {k: b.get(k) for k in CONFIGURATION_KEYS},
+            "chosen_on": {"metric": f"val_{metric}", "mean": b[f"val_{metric}"], "std": b.get(f"val_{metric}_std"),
+                          "seeds": b.get("seeds", 1), "confirmed": bool(b.get("confirmed"))},
+            "test": {"images": self.n_test, **{m: interval(i) for m, i in self.intervals.items()}},
+            "degenerate": self.degenerate,
+            "model_run_id": self.model_run_id,
+            "references": {ref: {"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
+                                 "seeds": r.get("seeds", 1), "auc_difference": interval(c.difference), "p_holm": c.p_holm,
+                                 "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant}
+                           for ref, c in self.comparisons.items() for r in [self.references[ref]]},
+            "not_compared": dict(self.missing),
+            "better_on_test": [{"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
+                                "auc_difference": {"value": r["vs_first_auc"], "low": r["vs_first_auc_ci"][0],
+                                                   "high": r["vs_first_auc_ci"][1]}, "p_holm": r["vs_first_p"]}
+                               for r in self.better],
+            "text": self.lines(),
+        }
+
+
+# what a recommendation's configuration is made of (leaderboard row fields), for as_dict
+CONFIGURATION_KEYS = ("strategy", "strategy_params", "params", "frozen", "amounts_to", "lr", "head_lr_mult", "bn_policy",
+                      "optimizer", "epochs", "image_size", "run_id", "split_hash")
+
+
 def _what(row: dict) -> str:
     """A row's strategy and its own parameters: "freeze_to k=5", "linear_probe"."""
     return row["strategy"] + (f" {row['strategy_params']}" if row["strategy_params"] != "-" else "")
