@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 
+import optuna
 import pytest
 
 from freezebench import plugins
 from freezebench.strategy import REFERENCES, FreezePlan, resolve_strategy_params
 from freezebench.suite.config import Confirm
 from freezebench.suite.confirmation import Candidate, members
+
+from .conftest import write_suite
 
 UNITS = [f"u{i}" for i in range(6)]
 
@@ -162,3 +165,34 @@ def test_a_row_significantly_better_on_test_is_a_caution_under_the_recommendatio
                        "every=1 lr 0.00012 (AUC +0.054 [+0.014, +0.094], p = 0.03, Holm): the validation images did not "
                        "single out the best; more validation data or confirm = { resplit = true } may (rows marked 'better')."]
     assert not any("Caution" in line for line in Recommendation("s/d/n", "d", "n", "f1", best, **kwargs).lines())
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    """A real Optuna pruner that stops every trial at its first report."""
+
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_the_first_trial_of_each_reference_is_never_pruned_and_the_others_prune_as_any(tmp_path, tiny_npz, cli, monkeypatch):
+    """Measured on the `strategies` suite: Hyperband stopped every linear_probe and full trial, and the
+    recommendation had nothing to be compared with. The first trial of a reference now runs to the end."""
+    import freezebench.suite.runner as runner
+    from freezebench.suite.studies import is_repeat
+
+    monkeypatch.setattr(runner, "make_pruner", lambda suite: _AlwaysPrune())
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='["linear_probe", "full", "freeze_to"]', n_trials=7,
+                         extra='pruner = "hyperband"\nsampler = "random"\nseed = 3\n')
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = [t for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials if not is_repeat(t)]
+    by_strategy = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        by_strategy.setdefault(t.params["strategy"], []).append(t.state.name)
+    assert set(by_strategy) == {"linear_probe", "full", "freeze_to"}, by_strategy  # seed 3 proposes all three
+    for ref in ("linear_probe", "full"):
+        assert by_strategy[ref][0] == "COMPLETE" and set(by_strategy[ref][1:]) <= {"PRUNED"}, by_strategy
+    assert set(by_strategy["freeze_to"]) == {"PRUNED"} and sum(len(v) for v in by_strategy.values()) > 3, by_strategy
+    assert "vs full" in " ".join(out.split()) and "no comparison" not in out

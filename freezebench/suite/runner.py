@@ -27,6 +27,7 @@ from ..results import layout, stats
 from ..results.figures import test_figures
 from ..results.leaderboard import store as store_leaderboard
 from ..results.tracking import Tracker
+from ..strategy import REFERENCES
 from .config import suite_toml
 from .confirmation import Candidate, members
 from .preparation import PreparedSuite, StudyPlan
@@ -35,7 +36,7 @@ from .search import direction, grid_size, make_pruner, make_sampler, suggest_con
 from .stores import Stores
 from .studies import (CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
                       heartbeat_settings, is_finished, is_repeat, is_surplus, live_trials, open_study, release_surplus,
-                      repeats_in_a_row, retry_interrupted, settings_key, storage)
+                      repeats_in_a_row, unanswered_reference, retry_interrupted, settings_key, storage)
 
 
 class TrialFailed(Exception):
@@ -178,6 +179,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
     weights = WeightsRequest(True, plan.backbone_ref.weights, plan.backbone_ref.sha256)
     sign = 1.0 if direction(metric) == "minimize" else -1.0
     maximize = direction(metric) == "maximize"
+    protected = REFERENCES  # the first linear_probe / full trial runs to the end: the recommendation is compared with it
 
     def objective(trial: optuna.Trial) -> float:
         if not claims_slot(trial, n_trials):  # another worker took the last slot a moment earlier
@@ -209,7 +211,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             value = record[f"val_{metric}"] if suite.prune_on == "metric" else sign * record["val_loss"]
             if math.isfinite(value):
                 trial.report(value, epoch)
-                if trial.should_prune():
+                if trial.should_prune() and not unanswered_reference(trial.study, cfg.strategy, protected):
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:

@@ -121,6 +121,15 @@ def repeats_in_a_row(study: optuna.Study) -> int:
     return count
 
 
+def unanswered_reference(study: optuna.Study, strategy: str, references: tuple[str, ...]) -> bool:
+    """Whether ``strategy`` is one of ``references`` and none of its trials has finished yet: such a trial
+    is not pruned (the recommendation must be compared with it). Once one finished, the others prune as any."""
+    if strategy not in references:
+        return False
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return not any(t.params.get("strategy", t.user_attrs.get("strategy")) == strategy and not is_repeat(t) for t in done)
+
+
 def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
     """Complete, pruned, or failed for a recorded reason; an interrupted or killed trial is run again."""
     if is_surplus(trial) or is_repeat(trial):
