@@ -92,3 +92,13 @@ def test_the_report_ranks_strategies_across_datasets(two_datasets, cli):
     assert "over 2 studies" in across and "Friedman chi2" in across and "<svg" in across
     assert page.count("Recommended for") == 2 and "Leaderboard: one" in page and "Leaderboard: two" in page
     assert len(page.encode()) < 2 * 600_000  # compact: under 600 kB a study
+
+
+def test_a_confirmed_row_better_than_the_first_keeps_both_marks_in_the_report():
+    """A confirmed row can also be significantly better (or worse) than the first: the report shows both."""
+    from freezebench.results.report import row_class
+
+    assert row_class({"confirmed": True, "vs_first": "better"}) == "confirmed better"
+    assert row_class({"confirmed": False, "vs_first": "worse"}) == "worse"
+    assert row_class({"confirmed": True, "vs_first": "tied"}) == "confirmed"
+    assert row_class({"confirmed": False}) == ""

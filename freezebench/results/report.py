@@ -105,6 +105,12 @@ def _cell(v) -> str:
     return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))
 
 
+def row_class(row: dict) -> str:
+    """A leaderboard row's HTML classes: "confirmed" (green), and "worse" (grey) or "better" (bold) than the first."""
+    return " ".join(c for c in ("confirmed" if row["confirmed"] else "",
+                                row.get("vs_first") if row.get("vs_first") in ("worse", "better") else "") if c)
+
+
 def _table(rows: list[dict], columns: list[str], classes: list[str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -225,8 +231,7 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         same = {c: shown[0].get(c) for c in columns if c not in varying} if shown else {}
         boards.append(f"<h3>Leaderboard: {html.escape(dataset)}</h3>"
                       + (f"<p class='meta'>Every row: {html.escape(', '.join(f'{k} {v}' for k, v in same.items()))}.</p>" if same else "")
-                      + _table(shown, varying, ["confirmed" if r["confirmed"] else (r.get("vs_first") if r.get("vs_first") in ("worse", "better") else "")
-                                                for r in rows]))
+                      + _table(shown, varying, [row_class(r) for r in rows]))
 
     ranked = rank_strategies(across)
     if ranked is None:
