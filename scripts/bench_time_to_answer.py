@@ -28,7 +28,9 @@ recommendation), with nothing else running. Then, on the same test images:
 - a search's **answer** is its recommendation, the first leaderboard row (its mean over the confirmation
   seeds);
 - the answer is **tied** when the confirmed oracle's AUC is not significantly higher (paired bootstrap
-  over test images, two-sided p >= 0.05; ``freezebench.results.stats.compare``).
+  over test images, two-sided p >= 0.05; ``freezebench.results.stats.compare``);
+- **as delivered**: the same comparison between the two configurations' seed ensembles (each one's seeds'
+  probabilities averaged: the model ``freezebench export`` writes for a confirmed recommendation).
 
 Time to answer is the search's wall time when its answer is tied; the ratio is the naive grid's wall time
 over it. ``docs/performance.md`` has the measured table.
@@ -160,6 +162,7 @@ def confirm_oracle(truth: dict, args, keep: Path) -> None:
     truth["probs"] = np.stack(stack)
     truth["oracle_auc_per_seed"] = [float(stats.point_metrics(truth["labels"], p)["auc"]) for p in stack]
     truth["oracle_auc_confirmed"] = stats.intervals(truth["labels"], truth["probs"])["auc"].value
+    truth["oracle_auc_ensemble"] = stats.point_metrics(truth["labels"], truth["probs"].mean(0))["auc"]
 
 
 def answer(search: dict, dataset_label: str, truth: dict) -> dict:
@@ -177,11 +180,15 @@ def answer(search: dict, dataset_label: str, truth: dict) -> dict:
     if not np.array_equal(labels, truth["labels"]):
         raise SystemExit("the search and the grid were tested on different images")
     c = stats.compare(labels, truth["probs"], stack, "auc")
+    e = stats.compare(labels, truth["probs"].mean(0), stack.mean(0), "auc")  # as delivered: each one's seeds averaged
     return {"answer": " ".join([first["strategy"], *([] if first["strategy_params"] == "-" else [first["strategy_params"]]),
                                 f"lr={first['lr']:.1e}"]),
             "answer_auc": float(first["test_auc"]), "seeds": int(first["seeds"]), "rows": len(rows),
             "oracle_minus_answer": [c.difference.value, c.difference.low, c.difference.high], "p": c.p_value,
-            "tied": not c.significant}
+            "tied": not c.significant,
+            "answer_auc_ensemble": stats.point_metrics(labels, stack.mean(0))["auc"],
+            "oracle_minus_answer_ensemble": [e.difference.value, e.difference.low, e.difference.high],
+            "p_ensemble": e.p_value, "tied_ensemble": not e.significant}
 
 
 def report(data: dict) -> str:
@@ -195,6 +202,7 @@ def report(data: dict) -> str:
              f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})", "",
              "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
              "|---|---|---|---|---|---|---|---|---|"]
+    ensembles = [r for r in data["runs"] if "tied_ensemble" in r]
     for r in data["runs"]:
         if r["mode"] == "grid-naive":
             continue
@@ -202,6 +210,14 @@ def report(data: dict) -> str:
         lines.append(f"| {r['mode']} | {r['seed']} | {r['wall_s']:.0f} s | {r['answer']} | {r['answer_auc']:.3f} (x{r['seeds']}) | "
                      f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {r['p']:.2f} | {'yes' if r['tied'] else 'no'} | "
                      f"{grid['wall_s'] / r['wall_s']:.1f}x |")
+    if ensembles:  # the same, each configuration's seeds averaged into one model (what freezebench export delivers)
+        lines += ["", f"As delivered (each configuration's seeds as one ensemble): oracle {truth['oracle_auc_ensemble']:.3f}", "",
+                  "| mode | seed | answer, ensemble AUC | oracle - answer [95% CI] | p | tied | grid / search |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in ensembles:
+            d = r["oracle_minus_answer_ensemble"]
+            lines.append(f"| {r['mode']} | {r['seed']} | {r['answer_auc_ensemble']:.3f} | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | "
+                         f"{r['p_ensemble']:.2f} | {'yes' if r['tied_ensemble'] else 'no'} | {grid['wall_s'] / r['wall_s']:.1f}x |")
     return "\n".join(lines)
 
 

@@ -27,14 +27,37 @@ def _card(rec, manifest: dict) -> str:
     lines = [f"# {manifest['backbone']} for {manifest.get('dataset', '?')}: {', '.join(manifest['classes'])}", ""]
     lines += [line.strip() for line in rec.lines()] if rec is not None else []
     spec = manifest["input"]
+    if "members" in manifest:
+        source = (f"An ensemble of {len(manifest['members'])} models ({', '.join(manifest['members'])}): one configuration "
+                  f"trained with different seeds, their class probabilities averaged. Source runs: {', '.join(manifest['run_ids'])} "
+                  f"(study {manifest.get('study', '?')}); pretrained from {manifest['pretrained_from']}.")
+    else:
+        source = (f"Source run: {manifest['run_id']} (study {manifest.get('study', '?')}, trial {manifest.get('optuna_trial', '?')}); "
+                  f"pretrained from {manifest['pretrained_from']}.")
     lines += ["", f"Input: any image, resized to {spec['image_size']} x {spec['image_size']} ({spec['resize_mode']}), "
-                  "grayscale repeated to 3 channels, normalised with the backbone's mean and std.",
-              f"Source run: {manifest['run_id']} (study {manifest.get('study', '?')}, trial {manifest.get('optuna_trial', '?')}); "
-              f"pretrained from {manifest['pretrained_from']}.", "",
+                  "grayscale repeated to 3 channels, normalised with the backbone's mean and std.", source, "",
               "Use it:", "", "    freezebench predict --model THIS_FOLDER image.png more_images/", "",
               "or, in Python:", "", "    from freezebench.engine.saved import load_model",
               "    probs = load_model('THIS_FOLDER').predict([uint8_image])", ""]
     return "\n".join(lines)
+
+
+def _fetch(tracker, run_ids: list[str], staging, rec) -> "Path":
+    """The model folder of one run, or an ensemble folder of several (``seed-N/`` each), fetched into ``staging``."""
+    from ..engine.saved import save_ensemble
+    from ..results import layout
+
+    for i, run_id in enumerate(run_ids):
+        tracker.client.download_artifacts(run_id, layout.MODEL_FOLDER, str(staging / f"fetch-{i}"))
+    if len(run_ids) == 1:
+        return staging / "fetch-0" / layout.MODEL_FOLDER
+    folder, names = staging / "ensemble", []
+    folder.mkdir()
+    for i, run_id in enumerate(run_ids):
+        names.append(f"seed-{tracker.client.get_run(run_id).data.params.get('seed', i)}")
+        (staging / f"fetch-{i}" / layout.MODEL_FOLDER).rename(folder / names[-1])
+    return save_ensemble(folder, names, {"dataset": rec.dataset, "study": rec.study, "run_ids": run_ids,
+                                         "configuration_run_id": rec.best["run_id"]})
 
 
 @click.command("export")
@@ -43,11 +66,14 @@ def _card(rec, manifest: dict) -> str:
 @click.option("--suite", help="Only studies of this suite.")
 @click.option("--study", help="The study, when the dataset has several (one per backbone).")
 @click.option("--run-id", help="A trial run that kept its model, instead of the recommended one.")
+@click.option("--single", is_flag=True, help="One model, even when the recommended configuration kept one per seed.")
 @click.option("--register", "register", metavar="NAME", help="Also register it in the MLflow Model Registry as NAME.")
 @store_options
-def export_cmd(dataset, out, suite, study, run_id, register, results_dir, storage, tracking_uri):
+def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir, storage, tracking_uri):
     """Export the recommended configuration's trained model of DATASET to a folder: safetensors weights,
-    a manifest, and a model card with its test metrics and their 95% intervals."""
+    a manifest, and a model card with its test metrics and their 95% intervals. When the configuration was
+    confirmed with its seeds' models kept (confirm.ensemble, the default), the folder holds them all as one
+    ensemble (their probabilities averaged); --single exports one of them."""
     import os
     import shutil
     import tempfile
@@ -69,14 +95,14 @@ def export_cmd(dataset, out, suite, study, run_id, register, results_dir, storag
     experiment = tracker.client.get_experiment_by_name(dataset)
     if experiment is None:
         raise UserError(f"No results for dataset {dataset!r} in {stores.tracking_uri}.")
-    rec = None
+    rec, parent, members = None, None, []
     if run_id is None:
         parent = _study_run(tracker, experiment.experiment_id, dataset, suite, study)
         name = parent.data.tags[layout.STUDY_NAME]
         rec = recommend(tracker, experiment.experiment_id, name, layout.objective_metric(parent.data.tags))
         if rec is None:
             raise UserError(f"Study {name!r} has no finished trial yet.")
-        run_id = rec.model_run_id
+        run_id, members = rec.model_run_id, ([] if single else rec.ensemble_run_ids)
         if run_id is None:
             raise UserError(f"The recommended configuration of study {name!r} kept no trained model (its runs predate "
                             "kept models, or their recording failed): run the suite again to confirm it, or name a run "
@@ -93,28 +119,34 @@ def export_cmd(dataset, out, suite, study, run_id, register, results_dir, storag
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:  # fetched and written beside the target, then renamed into place: never half a model folder
-        tracker.client.download_artifacts(run_id, layout.MODEL_FOLDER, str(staging))
-        folder = staging / layout.MODEL_FOLDER
+        folder = _fetch(tracker, members or [run_id], staging, rec)
         from ..engine.saved import load_model
 
-        saved = load_model(folder)  # the weights' hash and the manifest are checked; it must load
+        saved = load_model(folder)  # the weights' hashes and the manifests are checked; it must load
         (folder / "MODEL.md").write_text(_card(rec, saved.manifest), encoding="utf-8")
         if target.exists():
             target.rmdir()
         os.replace(folder, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console.print(styled("Exported ", (run.info.run_name, "bold"), f" to {target}: {', '.join(sorted(p.name for p in target.iterdir()))}"),
+    what = (f"{run.info.run_name} and its other seeds ({len(members)} models, one ensemble)" if members
+            else run.info.run_name)
+    console.print(styled("Exported ", (what, "bold"), f" to {target}: {', '.join(sorted(p.name for p in target.iterdir()))}"),
                   highlight=False, soft_wrap=True)
     if register:
-        version = _register(tracker, register, run)
+        if members:  # an ensemble belongs to no one trial run: it is logged on the study's run and registered from there
+            tracker.client.log_artifacts(parent.info.run_id, str(target), layout.ENSEMBLE_FOLDER)
+            version = _register(tracker, register, parent, layout.ENSEMBLE_FOLDER, run)
+        else:
+            version = _register(tracker, register, run)
         console.print(styled("Registered as ", (f"{register} version {version.version}", "bold"),
                              f" in the MLflow Model Registry (source {version.source})"), highlight=False, soft_wrap=True)
     console.print(styled("Use it: ", (f"freezebench predict --model {target} IMAGES...", "bold")), highlight=False, soft_wrap=True)
 
 
-def _register(tracker, name: str, run):
-    """A new version of registered model ``name`` pointing at the run's model folder."""
+def _register(tracker, name: str, run, folder: str | None = None, described=None):
+    """A new version of registered model ``name`` pointing at ``run``'s model folder (``folder``: another one),
+    tagged with what ``described`` (default: ``run``) trained."""
     from mlflow.exceptions import MlflowException
 
     from ..results import layout
@@ -124,8 +156,10 @@ def _register(tracker, name: str, run):
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Models exported by freezebench (safetensors + freezebench-model.json).")
-    tags = {k: run.data.tags[k] for k in (layout.DATASET, layout.STRATEGY, layout.STRATEGY_PARAMS, layout.BACKBONE) if k in run.data.tags}
-    return client.create_model_version(name, f"{run.info.artifact_uri}/{layout.MODEL_FOLDER}", run_id=run.info.run_id, tags=tags)
+    about = (described or run).data.tags
+    tags = {k: about[k] for k in (layout.DATASET, layout.STRATEGY, layout.STRATEGY_PARAMS, layout.BACKBONE) if k in about}
+    return client.create_model_version(name, f"{run.info.artifact_uri}/{folder or layout.MODEL_FOLDER}", run_id=run.info.run_id,
+                                       tags=tags)
 
 
 PREDICT_BATCH = 64

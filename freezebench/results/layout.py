@@ -54,6 +54,7 @@ OUTPUTS_MANIFEST = "outputs.json"  # what each output artifact is: title, sectio
 TEST_PREDICTIONS = "test_predictions.npz"
 SUITE_TOML = "suite.toml"  # the suite as it ran (every default filled in), on the study's parent run
 MODEL_FOLDER = "model"  # the trained model (safetensors + manifest), kept for each study's best trials
+ENSEMBLE_FOLDER = "ensemble_model"  # an exported seed ensemble, on the study's parent run when registered
 ANALYSES_FOLDER = "analyses"  # study analyses, under the study's parent run
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"

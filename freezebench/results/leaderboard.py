@@ -107,6 +107,7 @@ def _row(run, seeds: list, metric: str) -> dict:
         "run_id": run.info.run_id,
         "seed_run_ids": [r.info.run_id for r in seeds],
         "model_run_id": kept[0].info.run_id if kept else None,
+        "model_run_ids": [r.info.run_id for r in kept],  # every seed that kept its model: the ensemble's members
         "split_hash": p.get("split_hash"),  # which images were tested: rows of other splits (folds) are not compared
     })
     for k, v in row["params"].items():  # also at the top ("k"), unless the name is a field of the row or its rank

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..strategy import REFERENCES
 from . import layout, stats
 from .evidence import Predictions
@@ -28,6 +30,13 @@ class Recommendation:
     references: dict[str, dict] = field(default_factory=dict)  # reference strategy -> its best row
     missing: dict[str, str] = field(default_factory=dict)  # reference strategy -> why it is not compared
     better: list[dict] = field(default_factory=list)  # leaderboard rows significantly better on test (vs_first)
+    ensemble: dict[str, stats.Interval] = field(default_factory=dict)  # its kept seed models, probabilities averaged
+
+    @property
+    def ensemble_run_ids(self) -> list[str]:
+        """The runs whose kept models make the recommended configuration's ensemble (two or more seeds), else []."""
+        ids = self.best.get("model_run_ids") or []
+        return ids if len(ids) > 1 and self.ensemble else []
 
     @property
     def degenerate(self) -> bool:
@@ -59,6 +68,11 @@ class Recommendation:
         seeds = f", mean of {b['seeds']} seeds" if b.get("confirmed") else ""
         out.append(f"  Test, {self.n_test} images{seeds}, 95% CI: {shown}."
                    + (" It predicts one class for every test image." if self.degenerate else ""))
+        if self.ensemble:
+            shown = ", ".join(f"{name.replace('_', ' ')} {self.ensemble[name]}" for name in ("auc", "accuracy", "balanced_accuracy")
+                              if name in self.ensemble)
+            out.append(f"  Its {len(self.ensemble_run_ids)} seeds' models as one ensemble (class probabilities averaged; "
+                       f"what freezebench export writes), 95% CI: {shown}.")
         for ref, c in self.comparisons.items():
             r = self.references[ref]
             verdict = "AUC significantly higher" if c.significant and c.difference.value > 0 else (
@@ -100,6 +114,8 @@ class Recommendation:
             "test": {"images": self.n_test, **{m: interval(i) for m, i in self.intervals.items()}},
             "degenerate": self.degenerate,
             "model_run_id": self.model_run_id,
+            "ensemble": {"members": self.ensemble_run_ids,
+                         "test": {m: interval(i) for m, i in self.ensemble.items()}} if self.ensemble else None,
             "references": {ref: {"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
                                  "seeds": r.get("seeds", 1), "auc_difference": interval(c.difference), "p_holm": c.p_holm,
                                  "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant}
@@ -162,6 +178,7 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
         return rec
     labels, probs = mine
     rec.n_test, rec.intervals = len(labels), _intervals(best) or stats.intervals(labels, probs)
+    rec.ensemble = _ensemble(predictions, best.get("model_run_ids") or [], labels)
     comparisons = {}
     for ref in REFERENCES:
         if is_reference(best, ref):
@@ -178,6 +195,16 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
         rec.references[ref] = candidate
     rec.comparisons = dict(zip(comparisons, stats.holm(list(comparisons.values()))))
     return rec
+
+
+def _ensemble(predictions: Predictions, run_ids: list[str], labels) -> dict[str, stats.Interval]:
+    """Test intervals of the seed models' averaged probabilities, when two or more seeds kept their models and
+    logged predictions on these test images ({} otherwise): what the exported ensemble scores."""
+    probs = [got["probs"] for run_id in run_ids if (got := predictions.run(run_id)) is not None
+             and got["labels"].shape == labels.shape and (got["labels"] == labels).all()]
+    if len(probs) < 2 or len(probs) != len(run_ids):
+        return {}
+    return stats.intervals(labels, np.mean(probs, axis=0)[None])
 
 
 def _why_missing(client, experiment_id: str, study: str, ref: str) -> str:

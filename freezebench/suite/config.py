@@ -78,12 +78,15 @@ class Confirm:
     strategy searched (linear probing and full fine-tuning among them when searched). ``seeds`` extra seeds:
     a count (the first integers other than the trial's own seed) or the seeds themselves. ``resplit``: each
     extra seed also draws the training and validation images again from their pool (the test images stay),
-    so the mean is over several validation sets, not one (``protocols.resplit``)."""
+    so the mean is over several validation sets, not one (``protocols.resplit``). ``ensemble``: every re-run
+    keeps its trained model, so that the recommended configuration's seeds can be exported and used as one
+    model (their class probabilities averaged); false keeps one model per configuration."""
 
     top: int = 3
     references: bool = True
     seeds: int | tuple[int, ...] = 2
     resplit: bool = False
+    ensemble: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -255,14 +258,16 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
         return {}
     if value is False:
         return {"confirm": OFF}
-    shape = "a table { top = 3, references = true, seeds = 2, resplit = false }, or false to switch confirmation off"
+    shape = ("a table { top = 3, references = true, seeds = 2, resplit = false, ensemble = true }, "
+             "or false to switch confirmation off")
     if not isinstance(value, dict):
         ctx.fail(key, f"must be {shape}, got {value!r}")
-    for k in set(value) - {"top", "references", "seeds", "resplit"}:
-        ctx.fail(f"{key}.{k}", f"unknown key; expected top, references, seeds or resplit ({shape})")
+    for k in set(value) - {"top", "references", "seeds", "resplit", "ensemble"}:
+        ctx.fail(f"{key}.{k}", f"unknown key; expected top, references, seeds, resplit or ensemble ({shape})")
     default = Confirm()
-    top, references, seeds, resplit = (value.get("top", default.top), value.get("references", default.references),
-                                       value.get("seeds", default.seeds), value.get("resplit", default.resplit))
+    top, references, seeds, resplit, ensemble = (
+        value.get("top", default.top), value.get("references", default.references), value.get("seeds", default.seeds),
+        value.get("resplit", default.resplit), value.get("ensemble", default.ensemble))
 
     def count(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -273,6 +278,8 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
         ctx.fail(f"{key}.references", f"must be true or false, got {references!r}")
     if not isinstance(resplit, bool):
         ctx.fail(f"{key}.resplit", f"must be true or false (draw the validation images again for each extra seed), got {resplit!r}")
+    if not isinstance(ensemble, bool):
+        ctx.fail(f"{key}.ensemble", f"must be true or false (keep every seed's trained model), got {ensemble!r}")
     if isinstance(seeds, list):
         if not seeds or not all(map(count, seeds)) or len(set(seeds)) != len(seeds):
             ctx.fail(f"{key}.seeds", f"must be a count of extra seeds or a list of distinct integers >= 0, got {seeds!r}")
@@ -282,7 +289,7 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
                                  "to switch confirmation off write confirm = false")
     if not top and not references:
         ctx.fail(key, "confirms nothing with top = 0 and references = false; write confirm = false to switch it off")
-    return {"confirm": Confirm(top, references, seeds, resplit)}
+    return {"confirm": Confirm(top, references, seeds, resplit, ensemble)}
 
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@ -]*$")
@@ -433,7 +440,8 @@ def suite_toml(suite: Suite) -> str:
              *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
                                                                 "analyses")),
              *([f"data_root = {_toml(suite.data_root)}"] if suite.data_root else []),
-             "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds, "resplit": c.resplit})
+             "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds, "resplit": c.resplit,
+                                    "ensemble": c.ensemble})
                             if c.enabled else "false"),
              "", f"[suites.{key}.params]",
              *(f"{k} = {_toml(spec(v))}" for k, v in suite.params.items())]

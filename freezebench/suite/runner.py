@@ -331,7 +331,8 @@ def _fill(study, objective, n_trials: int, close_stale, reporter: Reporter, name
 
 def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, parent: str, weights, cache, reporter) -> None:
     """Train the confirmation set (``confirmation.members``) again with each extra seed: once each, resumable.
-    Each confirmed configuration keeps one trained model (its search trial's, else its first re-run's)."""
+    Each re-run keeps its trained model (``confirm.ensemble``, the default: the seeds' models make one ensemble),
+    else each configuration keeps one (its search trial's, else its first re-run's)."""
     runs = {t.number: t.user_attrs.get("mlflow_run_id") for t in study.trials if t.state.name == "COMPLETE"}
     found = {r.info.run_id: r for r in tracker.client.search_runs(
         [experiment_id], layout.where(layout.TRIAL, finished=True, study=plan.name), max_results=5000)}
@@ -384,7 +385,7 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
                 tracker.end_trial(run_id, "failed", f"{type(exc).__name__}: {exc}")
                 reporter.trial_ended(plan.name, candidate.number, f"confirmation failed (seed {seed})", None, f"{type(exc).__name__}: {exc}")
                 continue
-            keep = None if has_model else {"dataset": plan.dataset_ref.label, "study": plan.name,
+            keep = None if has_model and not suite.confirm.ensemble else {"dataset": plan.dataset_ref.label, "study": plan.name,
                                            "optuna_trial": candidate.number, "selected_on": f"confirmation ({why})"}
             _record(tracker, run_id, result, keep)
             has_model = True
