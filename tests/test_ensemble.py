@@ -157,3 +157,47 @@ def test_ensemble_false_keeps_one_model_per_configuration(tmp_path, tiny_npz):
     runs = [r for role in ("trial", "confirm") for r in client.search_runs([exp.experiment_id], f"tags.`freezebench.role` = '{role}'")]
     assert len(runs) == 3 and [r.data.tags.get("freezebench.model") for r in runs].count("kept") == 1
     assert "as one ensemble" not in " ".join(proc.stdout.split())
+
+
+def test_the_ensemble_is_compared_with_each_reference_averaged_likewise(tmp_path, tiny_npz):
+    """The delivered model (the seeds averaged) against each reference's seeds averaged the same way, on the
+    same test images: paired bootstrap, Holm over the references, next to the single-model comparison."""
+    from freezebench.results import stats
+    from freezebench.results.evidence import Predictions
+
+    config = tmp_path / "bench.toml"
+    config.write_text(f"""
+[suites.tiny]
+datasets = [{{ name = "medmnist_npz", path = "{tiny_npz}", alias = "tinybreast" }}]
+backbones = ["mobilenetv2_100"]
+sampler = "grid"
+n_trials = 3
+confirm = {{ top = 1, seeds = 1 }}
+[suites.tiny.params]
+strategy = ["linear_probe", "full", "freeze_to"]
+k = [3]
+lr = [3e-3]
+epochs = 2
+batch_size = 8
+image_size = 32
+""", encoding="utf-8")
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config),
+                           "--results-dir", str(results)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    tracker, rec = _recommendation(results)
+    assert rec.ensemble and set(rec.ensemble_comparisons) == set(rec.comparisons)  # every reference: confirmed, 2 seeds
+    predictions = Predictions(tracker.client)
+    labels, _ = predictions.row(rec.best)
+    mine = np.mean([predictions.run(r)["probs"] for r in rec.ensemble_run_ids], axis=0)
+    expected = stats.holm([stats.compare(labels, mine, predictions.row(rec.references[ref])[1].mean(axis=0))
+                           for ref in rec.ensemble_comparisons])
+    assert list(rec.ensemble_comparisons.values()) == expected
+    for ref, c in rec.ensemble_comparisons.items():
+        assert c != rec.comparisons[ref]  # not the mean-of-seeds comparison printed again
+        line = next(line for line in rec.lines() if line.strip().startswith(f"vs {ref} as ensembles"))
+        assert f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}]" in line
+        as_json = rec.as_dict()["references"][ref]["as_ensembles"]
+        assert as_json["auc_difference"]["value"] == pytest.approx(c.difference.value) and as_json["p_holm"] == c.p_holm
+    assert "as ensembles" in " ".join(proc.stdout.split())  # `freezebench run` ends with it

@@ -31,6 +31,8 @@ class Recommendation:
     missing: dict[str, str] = field(default_factory=dict)  # reference strategy -> why it is not compared
     better: list[dict] = field(default_factory=list)  # leaderboard rows significantly better on test (vs_first)
     ensemble: dict[str, stats.Interval] = field(default_factory=dict)  # its kept seed models, probabilities averaged
+    # reference strategy -> the ensemble minus the reference's seeds averaged likewise (both as delivered)
+    ensemble_comparisons: dict[str, stats.Comparison] = field(default_factory=dict)
 
     @property
     def ensemble_run_ids(self) -> list[str]:
@@ -75,13 +77,15 @@ class Recommendation:
                        f"what freezebench export writes), 95% CI: {shown}.")
         for ref, c in self.comparisons.items():
             r = self.references[ref]
-            verdict = "AUC significantly higher" if c.significant and c.difference.value > 0 else (
-                "AUC significantly lower" if c.significant else "AUC not significantly different")
             seeds = f", {r['seeds']} seeds" if r.get("confirmed") else ""
             stand_in = "" if r["strategy"] == ref else f"as {_what(r)}, "
             out.append(f"  vs {ref} ({stand_in}lr {r['lr']:.2g}{seeds}): "
                        f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
-                       f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
+                       f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {_verdict(c)}.")
+            if (e := self.ensemble_comparisons.get(ref)) is not None:
+                out.append(f"    vs {ref} as ensembles (its {r['seeds']} seeds averaged likewise): AUC {e.difference.value:+.3f} "
+                           f"[{e.difference.low:+.3f}, {e.difference.high:+.3f}], {_p(e.p_holm)} (paired bootstrap, Holm); "
+                           f"accuracy McNemar {_p(e.accuracy_p)}: {_verdict(e)}.")
         for ref, why in self.missing.items():
             out.append(f"  vs {ref}: no comparison, {why}.")
         if self.better:
@@ -96,8 +100,13 @@ class Recommendation:
             out.append("  Linear probing itself is the best configuration found"
                        + ("." if b["strategy"] == "linear_probe" else f" ({_what(b)} freezes every unit)."))
         elif probe is not None and not (probe.significant and probe.difference.value > 0):
-            out.append(f"  Nothing here beats linear probing significantly on these {self.n_test} test images: "
-                       "that is a finding too (see docs/reading-results.md).")
+            as_ensembles = self.ensemble_comparisons.get("linear_probe")
+            if as_ensembles is not None and as_ensembles.significant and as_ensembles.difference.value > 0:
+                out.append(f"  As single models nothing here beats linear probing significantly on these {self.n_test} "
+                           "test images; as ensembles the recommendation does (see docs/reading-results.md).")
+            else:
+                out.append(f"  Nothing here beats linear probing significantly on these {self.n_test} test images: "
+                           "that is a finding too (see docs/reading-results.md).")
         return out
 
 
@@ -118,7 +127,8 @@ class Recommendation:
                          "test": {m: interval(i) for m, i in self.ensemble.items()}} if self.ensemble else None,
             "references": {ref: {"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
                                  "seeds": r.get("seeds", 1), "auc_difference": interval(c.difference), "p_holm": c.p_holm,
-                                 "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant}
+                                 "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant,
+                                 "as_ensembles": _comparison(self.ensemble_comparisons.get(ref))}
                            for ref, c in self.comparisons.items() for r in [self.references[ref]]},
             "not_compared": dict(self.missing),
             "better_on_test": [{"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
@@ -132,6 +142,18 @@ class Recommendation:
 # what a recommendation's configuration is made of (leaderboard row fields), for as_dict
 CONFIGURATION_KEYS = ("strategy", "strategy_params", "params", "frozen", "amounts_to", "lr", "head_lr_mult", "bn_policy",
                       "optimizer", "epochs", "image_size", "run_id", "split_hash")
+
+
+def _comparison(c: stats.Comparison | None) -> dict | None:
+    if c is None:
+        return None
+    return {"auc_difference": {"value": c.difference.value, "low": c.difference.low, "high": c.difference.high},
+            "p_holm": c.p_holm, "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant}
+
+
+def _verdict(c: stats.Comparison) -> str:
+    return ("AUC significantly higher" if c.significant and c.difference.value > 0 else
+            "AUC significantly lower" if c.significant else "AUC not significantly different")
 
 
 def _what(row: dict) -> str:
@@ -194,17 +216,28 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
         comparisons[ref] = stats.compare(labels, probs, other[1], "auc")
         rec.references[ref] = candidate
     rec.comparisons = dict(zip(comparisons, stats.holm(list(comparisons.values()))))
+    mine = _ensemble_probs(predictions, best.get("model_run_ids") or [], labels) if rec.ensemble else None
+    if mine is not None:  # the delivered model against each reference's seeds averaged likewise
+        theirs = {ref: predictions.row(r)[1] for ref, r in rec.references.items()}
+        together = {ref: stats.compare(labels, mine, p.mean(axis=0), "auc") for ref, p in theirs.items() if len(p) > 1}
+        rec.ensemble_comparisons = dict(zip(together, stats.holm(list(together.values()))))
     return rec
 
 
-def _ensemble(predictions: Predictions, run_ids: list[str], labels) -> dict[str, stats.Interval]:
-    """Test intervals of the seed models' averaged probabilities, when two or more seeds kept their models and
-    logged predictions on these test images ({} otherwise): what the exported ensemble scores."""
+def _ensemble_probs(predictions: Predictions, run_ids: list[str], labels) -> np.ndarray | None:
+    """The seed models' averaged probabilities on these test images, when two or more seeds kept their models
+    and every one logged predictions on them (None otherwise): what the exported ensemble predicts."""
     probs = [got["probs"] for run_id in run_ids if (got := predictions.run(run_id)) is not None
              and got["labels"].shape == labels.shape and (got["labels"] == labels).all()]
     if len(probs) < 2 or len(probs) != len(run_ids):
-        return {}
-    return stats.intervals(labels, np.mean(probs, axis=0)[None])
+        return None
+    return np.mean(probs, axis=0)
+
+
+def _ensemble(predictions: Predictions, run_ids: list[str], labels) -> dict[str, stats.Interval]:
+    """Test intervals of what the exported ensemble predicts ({} when there is no ensemble)."""
+    probs = _ensemble_probs(predictions, run_ids, labels)
+    return {} if probs is None else stats.intervals(labels, probs[None])
 
 
 def _why_missing(client, experiment_id: str, study: str, ref: str) -> str:
