@@ -114,20 +114,18 @@ class Recommendation:
         """The recommendation for scripts (``freezebench recommend --json``): the configuration, how it was
         chosen, its test intervals, each reference comparison or why there is none, and its lines as text."""
         b, metric = self.best, self.metric
-        interval = lambda i: {"value": i.value, "low": i.low, "high": i.high}  # noqa: E731
         return {
             "study": self.study, "dataset": self.dataset, "backbone": self.backbone,
             "configuration": {k: b.get(k) for k in CONFIGURATION_KEYS},
             "chosen_on": {"metric": f"val_{metric}", "mean": b[f"val_{metric}"], "std": b.get(f"val_{metric}_std"),
                           "seeds": b.get("seeds", 1), "confirmed": bool(b.get("confirmed"))},
-            "test": {"images": self.n_test, **{m: interval(i) for m, i in self.intervals.items()}},
+            "test": {"images": self.n_test, **{m: _interval(i) for m, i in self.intervals.items()}},
             "degenerate": self.degenerate,
             "model_run_id": self.model_run_id,
             "ensemble": {"members": self.ensemble_run_ids,
-                         "test": {m: interval(i) for m, i in self.ensemble.items()}} if self.ensemble else None,
+                         "test": {m: _interval(i) for m, i in self.ensemble.items()}} if self.ensemble else None,
             "references": {ref: {"strategy": r["strategy"], "strategy_params": r["strategy_params"], "lr": r["lr"],
-                                 "seeds": r.get("seeds", 1), "auc_difference": interval(c.difference), "p_holm": c.p_holm,
-                                 "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant,
+                                 "seeds": r.get("seeds", 1), **_comparison(c),
                                  "as_ensembles": _comparison(self.ensemble_comparisons.get(ref))}
                            for ref, c in self.comparisons.items() for r in [self.references[ref]]},
             "not_compared": dict(self.missing),
@@ -144,11 +142,16 @@ CONFIGURATION_KEYS = ("strategy", "strategy_params", "params", "frozen", "amount
                       "optimizer", "epochs", "image_size", "run_id", "split_hash")
 
 
+def _interval(i: stats.Interval) -> dict:
+    return {"value": i.value, "low": i.low, "high": i.high}
+
+
 def _comparison(c: stats.Comparison | None) -> dict | None:
+    """A reference comparison for scripts: the AUC difference with its interval, Holm p, McNemar p."""
     if c is None:
         return None
-    return {"auc_difference": {"value": c.difference.value, "low": c.difference.low, "high": c.difference.high},
-            "p_holm": c.p_holm, "accuracy_mcnemar_p": c.accuracy_p, "significant": c.significant}
+    return {"auc_difference": _interval(c.difference), "p_holm": c.p_holm, "accuracy_mcnemar_p": c.accuracy_p,
+            "significant": c.significant}
 
 
 def _verdict(c: stats.Comparison) -> str:
