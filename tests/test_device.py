@@ -25,7 +25,7 @@ def test_auto_resolves_to_this_machine():
     assert compute.device.type == ("cuda" if HAS_CUDA else "cpu")
     if not HAS_CUDA:  # float32 on the CPU; NHWC as asked
         assert compute.amp_dtype is None and compute.channels_last and compute.scaler() is None
-        assert compute.describe() == "cpu, amp off, channels_last"
+        assert compute.describe() == f"cpu ({torch.get_num_threads()} threads), amp off, channels_last"
     else:
         assert compute.amp_dtype in (torch.bfloat16, torch.float16)
 

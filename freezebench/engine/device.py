@@ -32,7 +32,8 @@ class Compute:
 
     def describe(self) -> str:
         amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")  # type: ignore[arg-type]
-        name = torch.cuda.get_device_name(self.device) if self.cuda else self.device.type
+        # the CPU's thread count changes the order of float sums, so results: part of what the run records
+        name = torch.cuda.get_device_name(self.device) if self.cuda else f"{self.device.type} ({torch.get_num_threads()} threads)"
         return f"{name}, amp {amp}, {'channels_last' if self.channels_last else 'contiguous'}"
 
     def model(self, module: nn.Module) -> nn.Module:
