@@ -322,8 +322,9 @@ pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 
 <h2>1. The answer</h2>
 <p>Per study: the recommended configuration (the leaderboard's first row: confirmed over extra seeds when the
-suite confirms), its test metrics with 95% confidence intervals (stratified bootstrap over the test images), and
-paired tests on the same test images against linear probing and full fine-tuning (Holm-corrected). On a few
+suite confirms), its test metrics with 95% confidence intervals (stratified bootstrap over the test images) as one
+model (the mean over its seeds) and as its seeds' ensemble (the model <code>freezebench export</code> writes), and
+paired tests on the same test images against linear probing and full fine-tuning, both ways (Holm-corrected). On a few
 hundred test images, differences of a few points are often noise: read the intervals (docs/reading-results.md).</p>
 {answers}
 
