@@ -15,7 +15,7 @@ import pytest
 
 from freezebench.errors import UserError
 
-from .conftest import write_suite
+from .conftest import run_cli_subprocess, write_suite
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +182,8 @@ batch_size = 8
 image_size = 32
 """, encoding="utf-8")
     results = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "tiny", "--config", str(config),
-                           "--results-dir", str(results)], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "COLUMNS": "300"})
+    proc = run_cli_subprocess("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results),
+                              env_extra={"COLUMNS": "300"}, timeout=900)
     assert proc.returncode == 0, proc.stderr
     tracker, rec = _recommendation(results)
     assert rec.ensemble and set(rec.ensemble_comparisons) == set(rec.comparisons)  # every reference: confirmed, 2 seeds

@@ -32,7 +32,7 @@ class Compute:
 
     def describe(self) -> str:
         amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")  # type: ignore[arg-type]
-        # the CPU's thread count changes the order of float sums, so results: part of what the run records
+        # the CPU's thread count changes the order of float sums, and so the results: the run records it
         name = torch.cuda.get_device_name(self.device) if self.cuda else f"{self.device.type} ({torch.get_num_threads()} threads)"
         return f"{name}, amp {amp}, {'channels_last' if self.channels_last else 'contiguous'}"
 

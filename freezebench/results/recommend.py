@@ -79,13 +79,9 @@ class Recommendation:
             r = self.references[ref]
             seeds = f", {r['seeds']} seeds" if r.get("confirmed") else ""
             stand_in = "" if r["strategy"] == ref else f"as {_what(r)}, "
-            out.append(f"  vs {ref} ({stand_in}lr {r['lr']:.2g}{seeds}): "
-                       f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
-                       f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {_verdict(c)}.")
+            out.append(f"  vs {ref} ({stand_in}lr {r['lr']:.2g}{seeds}): {_compared(c)}")
             if (e := self.ensemble_comparisons.get(ref)) is not None:
-                out.append(f"    vs {ref} as ensembles (its {r['seeds']} seeds averaged likewise): AUC {e.difference.value:+.3f} "
-                           f"[{e.difference.low:+.3f}, {e.difference.high:+.3f}], {_p(e.p_holm)} (paired bootstrap, Holm); "
-                           f"accuracy McNemar {_p(e.accuracy_p)}: {_verdict(e)}.")
+                out.append(f"    vs {ref} as ensembles (its {r['seeds']} seeds averaged likewise): {_compared(e)}")
         for ref, why in self.missing.items():
             out.append(f"  vs {ref}: no comparison, {why}.")
         if self.better:
@@ -154,9 +150,12 @@ def _comparison(c: stats.Comparison | None) -> dict | None:
             "significant": c.significant}
 
 
-def _verdict(c: stats.Comparison) -> str:
-    return ("AUC significantly higher" if c.significant and c.difference.value > 0 else
-            "AUC significantly lower" if c.significant else "AUC not significantly different")
+def _compared(c: stats.Comparison) -> str:
+    """A reference comparison as text: the AUC difference with its interval, Holm p, McNemar p, the verdict."""
+    verdict = ("AUC significantly higher" if c.significant and c.difference.value > 0 else
+               "AUC significantly lower" if c.significant else "AUC not significantly different")
+    return (f"AUC {c.difference.value:+.3f} [{c.difference.low:+.3f}, {c.difference.high:+.3f}], {_p(c.p_holm)} "
+            f"(paired bootstrap, Holm); accuracy McNemar {_p(c.accuracy_p)}: {verdict}.")
 
 
 def _what(row: dict) -> str:
@@ -203,8 +202,9 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
         return rec
     labels, probs = mine
     rec.n_test, rec.intervals = len(labels), _intervals(best) or stats.intervals(labels, probs)
-    rec.ensemble = _ensemble(predictions, best.get("model_run_ids") or [], labels)
-    comparisons = {}
+    delivered = _ensemble_probs(predictions, best.get("model_run_ids") or [], labels)  # what export writes, or None
+    rec.ensemble = {} if delivered is None else stats.intervals(labels, delivered[None])
+    comparisons, theirs = {}, {}
     for ref in REFERENCES:
         if is_reference(best, ref):
             continue  # the recommendation is this reference: nothing to compare
@@ -217,12 +217,10 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
             rec.missing[ref] = "its best trial was not tested on the same images"
             continue  # not the same test images: no paired comparison
         comparisons[ref] = stats.compare(labels, probs, other[1], "auc")
-        rec.references[ref] = candidate
+        rec.references[ref], theirs[ref] = candidate, other[1]
     rec.comparisons = dict(zip(comparisons, stats.holm(list(comparisons.values()))))
-    mine = _ensemble_probs(predictions, best.get("model_run_ids") or [], labels) if rec.ensemble else None
-    if mine is not None:  # the delivered model against each reference's seeds averaged likewise
-        theirs = {ref: predictions.row(r)[1] for ref, r in rec.references.items()}
-        together = {ref: stats.compare(labels, mine, p.mean(axis=0), "auc") for ref, p in theirs.items() if len(p) > 1}
+    if delivered is not None:  # the delivered model against each reference's seeds averaged likewise
+        together = {ref: stats.compare(labels, delivered, p.mean(axis=0), "auc") for ref, p in theirs.items() if len(p) > 1}
         rec.ensemble_comparisons = dict(zip(together, stats.holm(list(together.values()))))
     return rec
 
@@ -235,12 +233,6 @@ def _ensemble_probs(predictions: Predictions, run_ids: list[str], labels) -> np.
     if len(probs) < 2 or len(probs) != len(run_ids):
         return None
     return np.mean(probs, axis=0)
-
-
-def _ensemble(predictions: Predictions, run_ids: list[str], labels) -> dict[str, stats.Interval]:
-    """Test intervals of what the exported ensemble predicts ({} when there is no ensemble)."""
-    probs = _ensemble_probs(predictions, run_ids, labels)
-    return {} if probs is None else stats.intervals(labels, probs[None])
 
 
 def _why_missing(client, experiment_id: str, study: str, ref: str) -> str:
