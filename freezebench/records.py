@@ -25,6 +25,7 @@ GRANULARITIES = ("block", "layer")
 LR_SCHEDULES = ("constant", "step", "cosine")
 SELECT_EPOCHS = ("best", "last")
 HEADS = ("linear", "mlp")
+HEAD_INITS = ("random", "linear_probe")
 AUGMENT_MODES = ("none", "online", "offline")
 BALANCE_MODES = ("none", "loss", "sampler")
 RESIZE_MODES = ("stretch", "pad")
@@ -105,6 +106,10 @@ class TrialConfig:
     lr_gamma: float = _p(0.1, "float in (0, 1]", "factor of each drop (`step`)", lambda v: 0 < v <= 1, expects='a factor in (0, 1]')
     select_epoch: str = _p("best", _ticks(SELECT_EPOCHS), "which epoch's weights are tested", SELECT_EPOCHS)
     head: str = _p("linear", _ticks(HEADS), "the new head; `mlp` is paper 003's Dense-ReLU-Dropout-BN-Linear", HEADS)
+    head_init: str = _p("random", _ticks(HEAD_INITS),
+                        "how the new head starts: `linear_probe` fits it first as a logistic regression on the starting "
+                        "network's features (LP-FT's first stage; linear heads only; [performance.md](performance.md))",
+                        HEAD_INITS)
     head_hidden: int = _p(256, "int >= 1", "width of the `mlp` head", _positive, expects='an integer >= 1')
     head_dropout: float = _p(0.5, "float in [0, 1)", "dropout of the `mlp` head", lambda v: 0 <= v < 1, expects='a probability in [0, 1)')
     augment: str = _p("none", _ticks(AUGMENT_MODES), "see [datasets.md](datasets.md)", AUGMENT_MODES)
@@ -236,6 +241,7 @@ class TrialResult:
     backbone: Any = field(default=None, repr=False)  # the trained network (a Backbone), to keep as the trial's model
     peak_memory_mb: float | None = None  # CUDA: the trial's peak allocated memory; CPU: the process's peak RSS so far
     peak_memory_of: str = ""  # "cuda allocated" or "process max RSS"
+    head_init: str = ""  # how the head started when it was fitted first (``head_init = "linear_probe"``)
 
 
 @dataclass

@@ -6,6 +6,8 @@
     python scripts/bench_time_to_answer.py --grid-granularity layer          # paper 002's grid: every layer
     python scripts/bench_time_to_answer.py --from-json out.json              # print a saved run's table again
     python scripts/bench_time_to_answer.py --reuse out.json --json out2.json # compare again, without re-timing
+    python scripts/bench_time_to_answer.py --grid-from out.json --set head_init=linear_probe --modes hyperband
+                                             # new searches (the quick suite changed) against a saved grid and oracle
 
 - **grid-naive** (the anchor, run once): the papers' method (paper 002): every freeze point
   (``freeze_to k = 0..n``, block units; ``--grid-granularity layer``: every conv/linear layer, as paper 002
@@ -16,6 +18,8 @@
   the search seed changed.
 - **none**, **hyperband**, **median**: the same with that pruner (the quick suite's own is Hyperband,
   the default of every searched suite).
+- ``--set KEY=VALUE`` changes a parameter of the searches' suite (a TOML value: ``head_init=linear_probe``,
+  ``n_trials=12``, ``epochs=6``); the grid is never changed.
 
 Every mode is one ``freezebench run`` in its own process, timed from start to exit (search, confirmation,
 recommendation), with nothing else running. Then, on the same test images:
@@ -48,6 +52,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from freezebench.suite.config import SUITE_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -68,7 +74,7 @@ ORACLE_SEEDS = (1, 2)  # the extra seeds of the product's confirmation (confirm.
 
 
 def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: int, folder: Path,
-               grid_granularity: str = "block", fixed: dict | None = None) -> Path:
+               grid_granularity: str = "block", fixed: dict | None = None, changes: dict | None = None) -> Path:
     """The benchmarks.toml of one mode: the anchor grid, the quick suite with the mode's pruner, or
     ("oracle") one grid point ``fixed`` (k, lr) trained with trial seed ``seed``."""
     quick = tomllib.loads((ROOT / "benchmarks.toml").read_text())["suites"]["quick"]
@@ -83,7 +89,9 @@ def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: in
         else:
             head += ["n_trials = 1000", 'sampler = "grid"', "confirm = false", 'analyses = "none"']
     else:
-        params = dict(quick["params"])
+        changes = changes or {}
+        quick = {**quick, **{k: v for k, v in changes.items() if k in SUITE_KEYS}}
+        params = {**quick["params"], **{k: v for k, v in changes.items() if k not in SUITE_KEYS}}
         head += [f"{k} = {_toml(v)}" for k, v in quick.items() if k not in ("params", "datasets", "backbones", "description", "seed")]
         head += [f"seed = {seed}"]
         if SEARCH_MODES[mode] is not None:
@@ -95,13 +103,33 @@ def suite_file(mode: str, dataset: str, backbone: str, image_size: int, seed: in
     return path
 
 
-def run_mode(mode: str, args, seed: int, keep: Path, fixed: dict | None = None) -> dict:
+def _changes(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as a dict (each value a TOML value; a bare word is a string)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    return out
+
+
+def _folder(mode: str, args, seed: int) -> str:
     grid_like = mode in ("grid-naive", "oracle")
-    results = keep / f"{args.dataset}-{args.image_size}-{mode}{'-' + args.grid_granularity if grid_like else ''}-s{seed}"
+    changed = "".join(f"-{k}={v}" for k, v in sorted(args.changes.items())) if not grid_like else ""
+    return f"{args.dataset}-{args.image_size}-{mode}{'-' + args.grid_granularity if grid_like else ''}{changed}-s{seed}"
+
+
+def run_mode(mode: str, args, seed: int, keep: Path, fixed: dict | None = None) -> dict:
+    results = keep / _folder(mode, args, seed)
     if results.exists():
         raise SystemExit(f"{results} exists: give another --keep folder")
     results.mkdir(parents=True)
-    config = suite_file(mode, args.dataset, args.backbone, args.image_size, seed, results, args.grid_granularity, fixed)
+    config = suite_file(mode, args.dataset, args.backbone, args.image_size, seed, results, args.grid_granularity, fixed,
+                        args.changes)
     env = {**os.environ, "FREEZEBENCH_CACHE": str(keep / "cache")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "freezebench", "run", "--suite", "bench", "--config", str(config),
@@ -134,7 +162,7 @@ def oracle(grid: dict) -> dict:
     auc, best, pred = max(scored, key=lambda s: s[0])
     chosen = max(scored, key=lambda s: s[1].data.metrics["best_val_f1"])
     name = lambda r: f"freeze_to k={r.data.params['k']} lr={float(r.data.params['lr']):.0e}"  # noqa: E731
-    return {"trials": len(runs), "oracle": name(best), "oracle_auc": auc, "labels": pred["labels"], "probs": pred["probs"],
+    return {"trials": len(runs), "grid_keep": str(Path(grid["results"]).parent.parent), "oracle": name(best), "oracle_auc": auc, "labels": pred["labels"], "probs": pred["probs"],
             "oracle_point": {"k": int(best.data.params["k"]), "lr": float(best.data.params["lr"])},
             "grid_answer": name(chosen[1]), "grid_answer_auc": chosen[0]}
 
@@ -149,7 +177,8 @@ def confirm_oracle(truth: dict, args, keep: Path) -> None:
 
     stack = [truth["probs"]]
     for seed in ORACLE_SEEDS:
-        run = run_mode("oracle", args, seed, keep, truth["oracle_point"])
+        done = Path(truth["grid_keep"]) / _folder("oracle", args, seed) / "results"
+        run = {"results": str(done)} if done.is_dir() else run_mode("oracle", args, seed, keep, truth["oracle_point"])
         client = _client(run["results"])
         (trial,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                     if r.data.tags.get(layout.ROLE) == layout.TRIAL and r.data.tags.get(layout.STATE) == "complete"]
@@ -199,7 +228,8 @@ def report(data: dict) -> str:
     lines = [f"{data['dataset']}, {data['image_size']} px, {data['backbone']}: naive grid ({data.get('grid_granularity', 'block')} "
              f"freeze points) {truth['trials']} trials, "
              f"{grid['wall_s']:.0f} s; oracle {truth['oracle']} (test AUC {truth['oracle_auc']:.3f}, one seed{confirmed}); the grid's own "
-             f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})", "",
+             f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})"
+             + "".join(f"; searches with {k} = {v}" for k, v in data.get("changes", {}).items()), "",
              "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
              "|---|---|---|---|---|---|---|---|---|"]
     ensembles = [r for r in data["runs"] if "tied_ensemble" in r]
@@ -233,19 +263,27 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="folder for the runs' results (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--from-json", type=Path, help="print a saved run's table")
+    parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a parameter of the searches' suite (not the grid's): head_init=linear_probe, n_trials=12")
+    parser.add_argument("--grid-from", type=Path, help="a saved run: keep its grid (and confirmed oracle), run new searches")
     parser.add_argument("--reuse", type=Path, help="a saved run: keep its timed runs (grid, searches), confirm the oracle "
                                                    "and compare again (into a new --keep folder)")
     args = parser.parse_args()
+    args.changes = _changes(args.changes)
     if args.from_json:
         print(report(json.loads(args.from_json.read_text())))
         return
     if args.dataset == "brain_mri" and not (DATA / "brain-tumor-mri").is_dir():
         raise SystemExit(f"no brain-tumour MRI data at {DATA / 'brain-tumor-mri'}")
     keep = args.keep or Path(tempfile.mkdtemp(prefix="freezebench-tta-"))
-    saved = json.loads(args.reuse.read_text()) if args.reuse else None
+    if args.reuse and args.grid_from:
+        raise SystemExit("--reuse and --grid-from exclude each other")
+    saved = json.loads((args.reuse or args.grid_from).read_text()) if (args.reuse or args.grid_from) else None
     if saved:
         for k in ("dataset", "image_size", "backbone", "grid_granularity"):
             setattr(args, k, saved.get(k, "block" if k == "grid_granularity" else None))
+        if args.reuse:
+            args.changes = saved.get("changes", {})
     label = "brain_tumor_mri" if args.dataset == "brain_mri" else "breastmnist"
     grid = next(r for r in saved["runs"] if r["mode"] == "grid-naive") if saved else run_mode("grid-naive", args, 0, keep)
     print(f"grid-naive: {grid['wall_s']:.0f} s", flush=True)
@@ -253,7 +291,7 @@ def main() -> None:
     confirm_oracle(truth, args, keep)
     print(f"oracle {truth['oracle']}: {truth['oracle_auc']:.3f} one seed, {truth['oracle_auc_confirmed']:.3f} confirmed", flush=True)
     runs = [grid]
-    searches = ([(r["mode"], r["seed"], r) for r in saved["runs"] if r["mode"] != "grid-naive"] if saved else
+    searches = ([(r["mode"], r["seed"], r) for r in saved["runs"] if r["mode"] != "grid-naive"] if args.reuse else
                 [(mode, seed, None) for seed in args.seeds for mode in args.modes])
     for mode, seed, run in searches:
         run = {k: run[k] for k in ("mode", "seed", "wall_s", "results")} if run else run_mode(mode, args, seed, keep)
@@ -261,7 +299,7 @@ def main() -> None:
         print(f"{mode} seed {seed}: {run['wall_s']:.0f} s, {run['answer']}, tied {run['tied']}", flush=True)
         runs.append(run)
     data = {"dataset": args.dataset, "image_size": args.image_size, "backbone": args.backbone, "grid_granularity": args.grid_granularity,
-            "date": saved["date"] if saved else time.strftime("%Y-%m-%d"), "runs": runs,
+            "changes": args.changes, "date": saved["date"] if args.reuse else time.strftime("%Y-%m-%d"), "runs": runs,
             "oracle": {k: v for k, v in truth.items() if k not in ("labels", "probs")}}
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")

@@ -76,6 +76,9 @@ def test_unknown_parameter_is_named(run_bad, tiny_npz):
         ("epochs = 1", 'amp = "half"', "suites.tiny.params.amp: must be 'auto', 'off', 'bf16' or 'fp16'"),
         ("epochs = 1", 'channels_last = "yes"', "suites.tiny.params.channels_last: must be true or false"),
         ("epochs = 1", 'amp = "fp16"\ndevice = "cpu"', "suites.tiny.params: amp = 'fp16' needs a GPU"),
+        ("epochs = 1", 'head_init = "lp"', "suites.tiny.params.head_init: must be 'random' or 'linear_probe', got 'lp'"),
+        ("epochs = 1", 'head = ["linear", "mlp"]\nhead_init = "linear_probe"',
+         "suites.tiny.params.head_init: 'linear_probe' fits a linear head first; it cannot start the 'mlp' head"),
     ],
 )
 def test_bad_values_are_named(run_bad, tiny_npz, old, new, expected):

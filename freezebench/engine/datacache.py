@@ -19,12 +19,19 @@ class DataCache:
     augmentation adds ``copies`` fixed augmented copies of the training split only, made after
     splitting (so no copy of a test image reaches training). ``features``: outputs of a frozen
     prefix, per (context: weights, data, compute; the prefix's step names), kept within a memory
-    limit (oldest evicted first); ``nearest`` finds a shallower cached prefix to start from.
+    limit (oldest evicted first); ``nearest`` finds a shallower cached prefix to start from. ``memo``:
+    any other small result trials share (a warm-started head's fit).
     """
 
     def __init__(self):
         self._store: dict[tuple, dict[str, SplitTensors]] = {}
         self._features: dict[tuple, dict[str, SplitTensors]] = {}
+        self._memo: dict[tuple, object] = {}
+
+    def memo(self, key: tuple, compute: Callable[[], object]):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def get(self, dataset: ImageDataset, size: int, resize_mode: str = "stretch", copies: int = 0, seed: int = 0) -> dict[str, SplitTensors]:
         key = (id(dataset), size, resize_mode, copies, seed if copies else 0)

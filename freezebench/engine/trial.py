@@ -21,11 +21,13 @@ from .freeze import apply_plan, param_groups
 from .heads import with_head
 from .outputs import collect_trial_outputs
 from .phases import PlanExecutor
-from .prefix import CachedSuffix, Decomposition, cache_blocker, cut_point, decompose, leading_cut, prefix_features
+from .prefix import (CachedSuffix, Decomposition, cache_blocker, cut_point, decompose, leading_cut, prefix_batch_size,
+                     prefix_features)
 from .preprocess import Normalizer
 from .surgery import operate
 from .training import SplitTensors, make_optimizer, train
 from .units import with_granularity
+from .warmstart import warm_start_head
 
 
 @dataclass
@@ -122,14 +124,19 @@ def fit(
     compute.model(backbone.model)  # before the optimizer and L2-SP references are made
     if compute.cuda:
         torch.cuda.reset_peak_memory_stats(compute.device)
+    weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
+    context = (backbone.name, weights_key, cfg.head, id(dataset), cfg.image_size, cfg.resize_mode, copies,
+               cfg.seed if copies else 0, cfg.cache_dtype, compute)
+    head_init = ""
+    if cfg.head_init == "linear_probe":  # the same starting network (surgery included) and data share one fit
+        start_key = (context, repr(backbone.model), cfg.balance, cfg.seed if plan.surgery is not None else 0)
+        head_init = warm_start_head(backbone, pixels, pixel_norm, batch_size=prefix_batch_size(cfg.image_size),
+                                    compute=compute, balanced=cfg.balance != "none", cache=cache, key=start_key)
     groups = param_groups(backbone, plan, cfg.lr, cfg.weight_decay)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
     executor = PlanExecutor(backbone, plan, optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                             schedule=cfg.lr_schedule, step=cfg.lr_step, gamma=cfg.lr_gamma)
     dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
-    weights_key = backbone.weights_sha256 or f"random-seed{cfg.seed}"
-    context = (backbone.name, weights_key, cfg.head, id(dataset), cfg.image_size, cfg.resize_mode, copies,
-               cfg.seed if copies else 0, cfg.cache_dtype, compute)
 
     def features(upto: int) -> dict[str, SplitTensors]:
         """Every split through the first ``upto`` steps, once per image (shared with other trials)."""
@@ -224,6 +231,7 @@ def fit(
         inspected=state.inspect,
         peak_memory_mb=peak,
         peak_memory_of=peak_of,
+        head_init=head_init,
     )
 
 

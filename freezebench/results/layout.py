@@ -39,6 +39,7 @@ FAIL_REASON = tag("fail_reason")
 FROZEN_UNITS = tag("frozen_units")
 AMOUNTS_TO = tag("amounts_to")  # the reference strategy a trial's plan is ("full" for freeze_to k=0), or absent
 PREFIX_CACHE = tag("prefix_cache")
+HEAD_INIT = tag("head_init")  # how a warm-started head was fitted (``head_init = "linear_probe"``), or absent
 COMPUTE = tag("compute")
 PEAK_MEMORY_OF = tag("peak_memory_of")  # what metric peak_memory_mb measures: "cuda allocated" or "process max RSS"
 DATASET_PLUGIN = tag("dataset_plugin")  # on an experiment: the dataset plugin whose results it holds

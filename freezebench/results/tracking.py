@@ -137,7 +137,8 @@ class Tracker:
 
         tags = {layout.FROZEN_UNITS: ",".join(result.plan.frozen) or "-", layout.PREFIX_CACHE: result.prefix_cache,
                 layout.COMPUTE: result.compute, layout.PEAK_MEMORY_OF: result.peak_memory_of or "-",
-                **({layout.AMOUNTS_TO: result.plan.amounts_to} if result.plan.amounts_to else {}), **(tags or {})}
+                **({layout.AMOUNTS_TO: result.plan.amounts_to} if result.plan.amounts_to else {}),
+                **({layout.HEAD_INIT: result.head_init} if result.head_init else {}), **(tags or {})}
         out = result.outcome
         final = {
             **{layout.best_val(k): v for k, v in out.best_val.items()},

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..records import METRICS, PARAMS
+from ..records import DEFAULTS, METRICS, PARAMS
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
@@ -229,6 +229,10 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         ctx.fail(f"{key}.params.strategy", "is required: a strategy name or a list of names to search")
     if "lr" not in params:
         ctx.fail(f"{key}.params.lr", "is required: a number, a list, or {low = ..., high = ..., log = true}")
+    heads, inits = (_as_values(params.get(k, DEFAULTS[k])) for k in ("head", "head_init"))
+    if "mlp" in heads and "linear_probe" in inits:
+        ctx.fail(f"{key}.params.head_init", "'linear_probe' fits a linear head first; it cannot start the 'mlp' head "
+                 "(use head = 'linear', or head_init = 'random')")
     datasets = tuple(_dataset_ref(ctx, f"{key}.datasets", i, v) for i, v in enumerate(_list(ctx, f"{key}.datasets", raw["datasets"])))
     backbones = tuple(_backbone_ref(ctx, f"{key}.backbones", i, v) for i, v in enumerate(_list(ctx, f"{key}.backbones", raw["backbones"])))
     _unique(ctx, f"{key}.datasets", [d.label for d in datasets], "name or alias (it names the study and the MLflow experiment)",
@@ -250,6 +254,11 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         analyses=raw.get("analyses", Suite.analyses),
         **_confirm(ctx, f"{key}.confirm", raw.get("confirm")),
     )
+
+
+def _as_values(value) -> list:
+    """The values a suite parameter may take (a list's items, or the one value)."""
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _confirm(ctx: _Ctx, key: str, value) -> dict:
