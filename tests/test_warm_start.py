@@ -62,12 +62,12 @@ def test_the_warm_head_starts_as_the_linear_probe_and_trials_share_one_fit(tiny_
     features = {s: head_inputs(first, data[s].images, norm, 16, CPU).numpy() for s in ("train", "val", "test")}
     labels = {s: data[s].labels.numpy() for s in features}
     fitted = fit_head((features["train"], labels["train"]), (features["val"], labels["val"]), 2)
-    scaler = StandardScaler().fit(features["train"])
-    expected = LogisticRegression(C=fitted.strength, max_iter=2000).fit(scaler.transform(features["train"]), labels["train"])
+    # fit_head is scikit-learn's regression (the test above); here: the network computes what it predicts
+    expected = torch.softmax(torch.as_tensor(features["test"] @ fitted.weight.T + fitted.bias), 1).numpy()
     first.model.eval()
     with torch.no_grad():
         probs = torch.softmax(first.model(norm(data["test"].images)), 1).numpy()
-    np.testing.assert_allclose(probs, expected.predict_proba(scaler.transform(features["test"])), atol=1e-4)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
 def test_a_linear_probe_that_barely_moves_tests_as_the_fitted_regression(tiny_dataset):
@@ -108,3 +108,29 @@ def test_a_suite_records_how_each_head_started(tmp_path, tiny_npz):
         (folder := tmp_path / run.info.run_id).mkdir()
         config_logged = json.loads(open(client.download_artifacts(run.info.run_id, layout.TRIAL_CONFIG, str(folder))).read())
         assert config_logged["head_init"] == "linear_probe"
+
+
+def test_a_feature_barely_seen_in_training_gets_no_weight():
+    """A feature that fired once, weakly, over the training images would be standardised into a huge weight,
+    and a test image that fires it strongly into an extreme logit: it is left out instead."""
+    (x, y), val, test = _blobs(2, 90, 0), _blobs(2, 45, 1), _blobs(2, 45, 2)
+    rare = np.zeros(len(x))
+    rare[0] = 1e-5  # a dead ReLU that fired once
+    fitted = fit_head((np.column_stack([x, rare]), y), (np.column_stack([val[0], np.zeros(45)]), val[1]), 2)
+    assert np.all(fitted.weight[:, -1] == 0)
+    # the other features' fit is the one without that column
+    plain = fit_head((x, y), val, 2)
+    np.testing.assert_allclose(fitted.weight[:, :-1], plain.weight)
+    np.testing.assert_allclose(fitted.bias, plain.bias)
+    fired = np.column_stack([test[0], np.full(45, 0.05)])
+    np.testing.assert_allclose(fired @ fitted.weight.T, test[0] @ plain.weight.T)
+
+
+@pytest.mark.parametrize("x", [np.ones((6, 4)), np.arange(24.0).reshape(6, 4)])
+def test_nothing_to_regress_starts_the_head_at_the_class_frequencies(x):
+    """Features that never vary, or a training split of one class: the start is the training prior."""
+    y = np.array([0, 0, 0, 0, 1, 1]) if np.ptp(x) == 0 else np.zeros(6, dtype=int)
+    fitted = fit_head((x, y), (x[:2], y[:2]), 3)
+    assert np.all(fitted.weight == 0) and "nothing to fit" in fitted.describe()
+    probs = torch.softmax(torch.as_tensor(fitted.bias), 0).numpy()
+    np.testing.assert_allclose(probs, np.bincount(y, minlength=3) / 6, atol=1e-6)

@@ -22,6 +22,11 @@ from .device import Compute
 from .training import SplitTensors
 
 STRENGTHS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)  # inverse L2 strengths (scikit-learn's C), chosen on validation
+# A feature whose spread over the training images is under this fraction of the typical feature's is left
+# out of the regression: standardising it would turn a barely-seen activation (a ReLU that fired once,
+# weakly) into a weight hundreds of times larger than the others, and one test image that fires it
+# strongly into an extreme logit.
+RARE_SPREAD = 1e-2
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class FittedHead:
     images: int  # training images it was fitted on
 
     def describe(self) -> str:
+        if not np.isfinite(self.strength):
+            return (f"linear probe: nothing to fit on {self.images} training images (one class, or no feature that "
+                    "varies); the head starts at the training class frequencies")
         return (f"linear probe: logistic regression on the starting network's features of {self.images} training "
                 f"images, C = {self.strength:g} (validation log-loss {self.val_loss:.3f})")
 
@@ -58,14 +66,21 @@ def head_inputs(backbone: Backbone, images: torch.Tensor, normalize, batch_size:
 
 def fit_head(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], classes: int,
              balanced: bool = False) -> FittedHead:
-    """Logistic regression on standardised features, folded back into a linear layer on the raw ones."""
+    """Logistic regression on standardised features, folded back into a linear layer on the raw ones.
+    Features that barely vary over the training images (``RARE_SPREAD``) get weight 0."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.preprocessing import StandardScaler
 
     (x, y), (vx, vy) = train, val
-    scaler = StandardScaler().fit(x)
-    xs, vxs = scaler.transform(x), scaler.transform(vx)
+    spread = x.std(0)
+    keep = spread > RARE_SPREAD * (np.median(spread[spread > 0]) if (spread > 0).any() else 0.0)
+    if not keep.any() or len(np.unique(y)) < 2:  # nothing to regress: the head starts at the class frequencies
+        counts = np.bincount(y, minlength=classes)
+        bias = np.where(counts > 0, np.log(np.maximum(counts, 1) / len(y)), -1e4)
+        return FittedHead(np.zeros((classes, x.shape[1])), bias, float("nan"), float("nan"), len(y))
+    scaler = StandardScaler().fit(x[:, keep])
+    xs, vxs = scaler.transform(x[:, keep]), scaler.transform(vx[:, keep])
     labels = list(range(classes))
     best = None
     for c in STRENGTHS:
@@ -79,7 +94,9 @@ def fit_head(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
         coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
     full_w = np.zeros((classes, x.shape[1]))
     full_b = np.full(classes, -1e4)  # a class absent from training is never predicted at the start
-    full_w[fit.classes_], full_b[fit.classes_] = coef / scaler.scale_, intercept - (coef * scaler.mean_ / scaler.scale_).sum(1)
+    rows = np.asarray(fit.classes_)[:, None]
+    full_w[rows, np.flatnonzero(keep)] = coef / scaler.scale_
+    full_b[fit.classes_] = intercept - (coef * scaler.mean_ / scaler.scale_).sum(1)
     return FittedHead(full_w, full_b, c, float(loss), len(y))
 
 
