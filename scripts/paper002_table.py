@@ -4,6 +4,10 @@ everything frozen (k = n), each with its 95% CI; where k = 0 ranks among that LR
 paper: "the worst results are obtained when no layers are frozen"); and what freezebench recommends when
 it chooses on validation instead, confirmed over seeds.
 
+Like the paper's, these rows are single runs: every freeze point's search trial (seed 0), also for a
+configuration the confirmation trained again (its mean over seeds is in the last column), so that the
+freeze points are ranked like with like. The recommendation's row is the mean over its seeds.
+
     freezebench run --suite paper002_ph2
     freezebench leaderboard --dataset ph2_melanoma --json > ph2.json
     python scripts/paper002_table.py ph2.json
@@ -16,14 +20,23 @@ import json
 from pathlib import Path
 
 
-def _ci(row: dict, metric: str) -> str:
-    lo, hi = row.get(f"test_{metric}_ci") or (float("nan"), float("nan"))
-    return f"{100 * row[f'test_{metric}']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+def _single(row: dict, metric: str) -> tuple[float, list[float] | None]:
+    """The search trial's own test value and interval (seed 0), also for a confirmed row."""
+    if row.get("confirmed"):
+        return row[f"test_{metric}_trial"], row.get(f"test_{metric}_trial_ci")
+    return row[f"test_{metric}"], row.get(f"test_{metric}_ci")
+
+
+def _ci(value: float, interval: list[float] | None) -> str:
+    lo, hi = interval or (float("nan"), float("nan"))
+    return f"{100 * value:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _cells(row: dict) -> str:
-    seeds = f" ({row['seeds']} seeds)" if row.get("seeds", 1) > 1 else ""
-    return f"k={row['params']['k']}{seeds} | {_ci(row, 'f1')} | {_ci(row, 'accuracy')} | {_ci(row, 'auc')}"
+    single = " | ".join(_ci(*_single(row, m)) for m in ("f1", "accuracy", "auc"))
+    mean = (f"F1 {100 * row['test_f1']:.1f}, AUC {100 * row['test_auc']:.1f} ({row['seeds']} seeds)"
+            if row.get("confirmed") else "-")
+    return f"k={row['params']['k']} | {single} | {mean}"
 
 
 def table(rows: list[dict]) -> str:
@@ -31,21 +44,27 @@ def table(rows: list[dict]) -> str:
     if not grid:
         raise SystemExit("no freeze_to trials in this leaderboard: is it a paper002_ph2 run?")
     n = max(r["params"]["k"] for r in grid)
-    out = ["| lr | row | freeze point | test F1 (macro) [95% CI] | test accuracy | test AUC |", "|---|---|---|---|---|---|"]
+    out = ["| lr | row | freeze point | test F1 (macro) [95% CI] | test accuracy | test AUC | mean over seeds, where confirmed |",
+           "|---|---|---|---|---|---|---|"]
     ranks = []
     for lr in sorted({r["lr"] for r in grid}):
-        at = sorted((r for r in grid if r["lr"] == lr), key=lambda r: -r["test_f1"])
+        at = sorted((r for r in grid if r["lr"] == lr), key=lambda r: -_single(r, "f1")[0])
         by_k = {r["params"]["k"]: r for r in at}
-        out.append(f"| {lr:g} | best test F1 of {len(at)} freeze points (the paper's choice) | {_cells(at[0])} |")
+        best = [r for r in at if _single(r, "f1")[0] == _single(at[0], "f1")[0]]
+        also = f" (tied with k={', '.join(str(r['params']['k']) for r in best[1:])})" if len(best) > 1 else ""
+        out.append(f"| {lr:g} | best test F1 of {len(at)} freeze points (the paper's choice){also} | {_cells(at[0])} |")
         for k, what in ((0, "nothing frozen"), (n, "everything frozen (linear probe)")):
             if k in by_k:
                 out.append(f"| {lr:g} | {what} | {_cells(by_k[k])} |")
         if 0 in by_k:
-            worse = sum(r["test_f1"] < by_k[0]["test_f1"] for r in at)
+            worse = sum(_single(r, "f1")[0] < _single(by_k[0], "f1")[0] for r in at)
             ranks.append(f"lr {lr:g}: k = 0 has the lowest test F1 of {len(at)}? "
                          f"{'yes' if worse == 0 else f'no, {worse} freeze points score lower'}")
     first = rows[0]
-    out.append(f"| {first['lr']:g} | freezebench's recommendation (best mean validation F1, confirmed) | {_cells(first)} |")
+    ci = " | ".join(f"{100 * first[f'test_{m}']:.1f} [{100 * first[f'test_{m}_ci'][0]:.1f}, {100 * first[f'test_{m}_ci'][1]:.1f}]"
+                    for m in ("f1", "accuracy", "auc"))
+    out.append(f"| {first['lr']:g} | freezebench's recommendation (best mean validation F1, confirmed; mean of its "
+               f"{first['seeds']} seeds) | k={first['params']['k']} | {ci} | (this row) |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- {r}" for r in ranks)
 
 

@@ -43,6 +43,34 @@ def test_members_break_ties_by_the_earlier_trial():
     assert [c.run_id for c, _ in members(trials, Confirm(top=1, references=False), maximize=True)] == ["early"]
 
 
+@pytest.mark.parametrize("confirm", [Confirm(top=3), Confirm(top=1), Confirm(top=2, references=False)], ids=str)
+@pytest.mark.parametrize("maximize", [True, False])
+def test_every_trial_the_confirmation_set_takes_kept_its_model_when_it_finished(confirm, maximize):
+    """A search trial keeps its model when it could still be confirmed; so at the end every member of the set has
+    its search trial's model, and its ensemble all its seeds (the PH2 224 px run delivered 2 of 3 before)."""
+    from freezebench.suite.confirmation import keeps_model
+
+    rng = np.random.default_rng(0)
+    kinds = [("freeze_to", None), ("freeze_to", "full"), ("freeze_to", "linear_probe"), ("full", "full"),
+             ("bitfit", None), ("linear_probe", "linear_probe")]
+    for n in (1, 5, 40, 160):
+        for _ in range(25):
+            trials = []
+            for i in range(n):
+                strategy, amounts = kinds[rng.integers(len(kinds) if rng.random() < 0.5 else 3)]
+                trials.append(Candidate(f"r{i}", strategy, float(rng.integers(0, 30)) / 30, i, amounts))  # ties too
+            kept = {t.run_id for i, t in enumerate(trials) if keeps_model(trials[:i], t, confirm, maximize)}
+            chosen = {c.run_id for c, _ in members(trials, confirm, maximize)}
+            assert chosen <= kept, (chosen - kept)
+            if n == 160:
+                assert len(kept) < n / 2  # not every trial: only those that could still be confirmed
+    worse_each_time = [Candidate(f"r{i}", "full", 1 - i / 10, i) for i in range(10)]
+    assert [keeps_model(worse_each_time[:i], t, Confirm(top=2, references=False), True)
+            for i, t in enumerate(worse_each_time)] == [True, True] + [False] * 8
+    assert not keeps_model([], Candidate("x", "full", float("nan"), 0), Confirm(), True)  # a diverged trial
+    assert not keeps_model([], worse_each_time[0], OFF, True)
+
+
 def test_extra_seeds_never_repeat_the_trial_seed():
     assert Confirm(seeds=2).seeds_for(0) == (1, 2)
     assert Confirm(seeds=2).seeds_for(1) == (0, 2)
@@ -178,6 +206,7 @@ def test_the_confirmation_set_is_trained_once_per_member_and_seed(confirmed):
         assert {k: v for k, v in r.data.params.items() if k not in own} == \
             {k: v for k, v in source.data.params.items() if k in r.data.params and k not in own}
     assert all(r.data.tags.get("freezebench.model") == "kept" for r in confirms)  # every seed's model (confirm.ensemble)
+    assert all(client.get_run(c.run_id).data.tags.get("freezebench.model") == "kept" for c, _ in expected)  # and its trial's
 
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert again.returncode == 0 and "confirmed (seed" not in again.stdout  # done: resumed, not repeated
@@ -197,6 +226,9 @@ def test_the_leaderboard_ranks_confirmed_configurations_by_their_mean(confirmed,
         values = [client.get_run(i).data.metrics["best_val_f1"] for i in [r["run_id"], *r["seed_run_ids"]]]
         assert r["seeds"] == 2 and r["val_f1"] == pytest.approx(np.mean(values))
         assert r["test_auc_ci"][0] <= r["test_auc"] <= r["test_auc_ci"][1]
+        own = client.get_run(r["run_id"]).data.metrics  # the search trial's single-seed values, kept beside the mean
+        assert (r["val_f1_trial"], r["test_auc_trial"], r["test_auc_trial_ci"]) == \
+            (own["best_val_f1"], own["test_auc"], [own["test_auc_ci_low"], own["test_auc_ci_high"]])
     assert rows[0]["tied_with_first"] is True
     assert all(r["tied_with_first"] in (True, False) and 0 <= r["vs_first_p"] <= 1 for r in rows[1:])
 

@@ -39,6 +39,21 @@ def test_paper_grids_have_the_papers_sizes():
     assert grid_size(cases.suite, plugins.strategies(), {"block": 7}) == 9
 
 
+def test_paper002_at_224_px_differs_from_128_px_only_in_size_and_leaderboard():
+    """The two PH2 sweeps are one experiment at two image sizes, each on its own leaderboard."""
+    import dataclasses
+
+    config = _config()
+    small, large = config.suite("paper002_ph2"), config.suite("paper002_ph2_224")
+    assert (small.params["image_size"], large.params["image_size"]) == (128, 224)
+    assert {k: v for k, v in small.params.items() if k != "image_size"} == \
+           {k: v for k, v in large.params.items() if k != "image_size"}
+    assert small.datasets[0].alias != large.datasets[0].alias
+    assert dataclasses.replace(small.datasets[0], alias=None) == dataclasses.replace(large.datasets[0], alias=None)
+    same = ("backbones", "n_trials", "metric", "sampler", "pruner", "seed", "data_root", "prune_on", "confirm", "analyses")
+    assert [getattr(small, k) for k in same] == [getattr(large, k) for k in same]
+
+
 def test_leaky_suite_needs_allow_leaks():
     from freezebench.errors import UserError
 

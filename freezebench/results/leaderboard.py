@@ -67,7 +67,8 @@ def strategy_params(text: str) -> dict:
 
 def _row(run, seeds: list, metric: str) -> dict:
     """One configuration: its search trial ``run`` and its confirmation runs ``seeds``. A confirmed row's
-    values are means over every seed (the search trial's own value stays in ``val_<metric>_trial``)."""
+    values are means over every seed (the search trial's own values stay in ``val_<metric>_trial``,
+    ``test_<m>_trial`` and ``test_<m>_trial_ci``: what a single-run protocol, a paper's, would have reported)."""
     m, p, t = run.data.metrics, run.data.params, run.data.tags
     every = [m] + [r.data.metrics for r in seeds]
     val_key = layout.best_val(metric)
@@ -95,6 +96,9 @@ def _row(run, seeds: list, metric: str) -> dict:
         row[f"test_{k}"] = float(np.mean(values)) if values else None
         if len(values) > 1:
             row[f"test_{k}_std"] = float(np.std(values))
+            row[f"test_{k}_trial"] = m.get(f"test_{k}")
+            if layout.ci(k, "low") in m:
+                row[f"test_{k}_trial_ci"] = [m[layout.ci(k, "low")], m[layout.ci(k, "high")]]
         elif layout.ci(k, "low") in m:  # one seed: the interval it logged
             row[f"test_{k}_ci"] = [m[layout.ci(k, "low")], m[layout.ci(k, "high")]]
     kept = [r for r in [run, *seeds] if r.data.tags.get(layout.MODEL) == "kept"]

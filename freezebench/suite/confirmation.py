@@ -9,6 +9,7 @@ ranking a user sees is by the mean over seeds (see ``results.leaderboard``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..strategy import REFERENCES
@@ -26,13 +27,37 @@ class Candidate:
     amounts_to: str | None = None  # the reference strategy its plan is (``FreezePlan.amounts_to``)
 
 
+def _rank(c: Candidate, maximize: bool) -> tuple[float, int]:
+    """Best first; ties on value go to the earlier trial."""
+    return (-c.value if maximize else c.value, c.number)
+
+
+def keeps_model(earlier: list[Candidate], trial: Candidate, confirm: Confirm, maximize: bool) -> bool:
+    """Whether a search trial that just finished keeps its trained model: when it could still be in the
+    confirmation set, i.e. it is in the ``top`` of the trials so far, or the best so far of its strategy, or
+    (a stand-in for a reference) the best so far of the trials whose plan amounts to that reference. Each
+    reason of ``members`` holds at the end only if it held when the trial finished (later trials can only
+    push it out), so every configuration confirmed has its search trial's model as well as its re-runs':
+    its ensemble has all its seeds. ``earlier``: the study's trials that finished before it."""
+    if not confirm.enabled or not math.isfinite(trial.value):
+        return False
+    ahead = [c for c in earlier if _rank(c, maximize) < _rank(trial, maximize)]
+    if len(ahead) < confirm.top:
+        return True
+    if not confirm.references:
+        return False
+    if all(c.strategy != trial.strategy for c in ahead):
+        return True
+    return trial.amounts_to in REFERENCES and all(c.amounts_to != trial.amounts_to for c in ahead)
+
+
 def members(candidates: list[Candidate], confirm: Confirm, maximize: bool) -> list[tuple[Candidate, str]]:
     """The confirmation set, best first, each with why it is in it ("top 2", "best of lp_ft", "best as
     full" for the best trial whose plan is full fine-tuning when no ``full`` trial is in the set). A
     trial is in it once, whatever the number of reasons; ties on value go to the earlier trial."""
     if not confirm.enabled:
         return []
-    ranked = sorted(candidates, key=lambda c: (-c.value if maximize else c.value, c.number))
+    ranked = sorted(candidates, key=lambda c: _rank(c, maximize))
     chosen: dict[str, tuple[Candidate, str]] = {}
     for i, c in enumerate(ranked[: confirm.top]):
         chosen[c.run_id] = (c, f"top {i + 1}")

@@ -29,12 +29,12 @@ from ..results.leaderboard import store as store_leaderboard
 from ..results.tracking import Tracker
 from ..strategy import REFERENCES
 from .config import suite_toml
-from .confirmation import Candidate, members
+from .confirmation import Candidate, keeps_model, members
 from .preparation import PreparedSuite, StudyPlan
 from .protocols import resplit
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
-from .studies import (CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
+from .studies import (AMOUNTS_ATTR, CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
                       heartbeat_settings, is_finished, is_repeat, is_surplus, live_trials, open_study, release_surplus,
                       repeats_in_a_row, unanswered_reference, retry_interrupted, settings_key, storage)
 
@@ -235,8 +235,11 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
             reporter.trial_ended(plan.name, trial.number, "failed", None, reason)
             raise TrialFailed(reason) from exc
         value = result.outcome.best_val[metric]
+        trial.set_user_attr(AMOUNTS_ATTR, result.plan.amounts_to)
         keep = None
-        if _best_so_far(_complete_values(trial.study), value, maximize):  # the best trials keep their model (export, predict)
+        this = Candidate(run_id, cfg.strategy, value, trial.number, result.plan.amounts_to)
+        if _best_so_far(_complete_values(trial.study), value, maximize) or keeps_model(
+                _finished(trial.study), this, suite.confirm, maximize):  # export, predict, the confirmed ensembles
             keep = {"dataset": plan.dataset_ref.label, "study": plan.name, "optuna_trial": trial.number,
                     "selected_on": f"val_{metric}"}
         try:
@@ -275,6 +278,14 @@ def _complete_values(study, case: str | None = None) -> list[float]:
     """The values of the study's complete trials (of one case: ``case_name``, when given)."""
     return [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if not is_repeat(t) and (case is None or t.user_attrs.get(CASE_ATTR) == case)]
+
+
+def _finished(study) -> list[Candidate]:
+    """The study's complete search trials as confirmation candidates (their run ids are not needed here)."""
+    return [Candidate(str(t.number), t.params.get("strategy", t.user_attrs.get("strategy", "?")), t.value, t.number,
+                      t.user_attrs.get(AMOUNTS_ATTR))
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if not is_repeat(t) and t.value is not None and math.isfinite(t.value)]
 
 
 def _best_so_far(done: list[float], value: float, maximize: bool) -> bool:

@@ -21,6 +21,7 @@ RETRY_ATTR = "freezebench.retry_of"  # an interrupted trial's number, on the tri
 MAX_RETRIES = 3  # a trial whose process keeps dying (out of memory, say) is not retried forever
 SETTINGS_ATTR = "freezebench.settings"  # the trial's whole configuration, canonical JSON: how repeats are found
 CASE_ATTR = "freezebench.case"  # the trial's strategy with its own parameters (``analysis.case_name``)
+AMOUNTS_ATTR = "freezebench.amounts_to"  # the reference strategy a finished trial's plan amounts to (``FreezePlan.amounts_to``)
 REPEAT_ATTR = "freezebench.repeat_of"  # on a trial whose settings an earlier trial had: it trained nothing
 REPEAT_LIMIT = 25  # this many proposals in a row that all repeat earlier settings: the space is used up
 
