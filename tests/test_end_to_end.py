@@ -26,6 +26,26 @@ def test_run_output_ends_with_summary_and_leaderboard(finished_suite):
     assert out.count("complete val_f1=") == 3
 
 
+def test_a_leaderboard_written_to_a_file_or_pipe_keeps_every_column(finished_suite):
+    """Output to a log file (no terminal, no $COLUMNS) is not laid out in 80 columns and cut."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    _, results, _ = finished_suite
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "freezebench", "leaderboard", "--dataset", "tinybreast", "--results-dir",
+                           str(results)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if re.search(r"\bval\b.*test acc.*test auc", line))
+    assert lines[header].split()[-1] == "peak" and lines[header + 1].split()[-2:] == ["MB", "time"]  # the last columns
+    rows = [line for line in lines if re.match(r"\s*\d+\s+(full|freeze_to|linear_probe)\s", line)]
+    assert len(rows) == 3 and all(len(re.findall(r"\d\.\d\d-\d\.\d\d", r)) == 2 for r in rows)  # both CIs, whole
+    assert all(re.search(r"\d+(\.\d+)?s?\s*$", r) for r in rows)  # each row ends with its time, not cut off
+
+
 def test_mlflow_holds_parent_and_nested_trial_runs(finished_suite):
     _, results, _ = finished_suite
     client = _client(results)

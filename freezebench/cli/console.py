@@ -1,13 +1,25 @@
 """Shared rich consoles and JSON output."""
 
 import json
+import os
 import sys
 
 from rich.console import Console
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+# Written to a file or a pipe (`> log.txt`, `| tee`, a cluster job's log), rich would lay everything out in 80
+# columns and cut the leaderboard's right-hand columns off; such output is as wide as this instead.
+# A terminal keeps its own width, and $COLUMNS, when set, wins.
+FILE_WIDTH = 200
+
+
+def _console(stream, **kwargs) -> Console:
+    to_file = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(width=FILE_WIDTH if to_file else None, **kwargs)
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr, stderr=True)
 
 
 def print_json(data) -> None:
