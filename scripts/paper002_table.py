@@ -61,8 +61,7 @@ def table(rows: list[dict]) -> str:
             ranks.append(f"lr {lr:g}: k = 0 has the lowest test F1 of {len(at)}? "
                          f"{'yes' if worse == 0 else f'no, {worse} freeze points score lower'}")
     first = rows[0]
-    ci = " | ".join(f"{100 * first[f'test_{m}']:.1f} [{100 * first[f'test_{m}_ci'][0]:.1f}, {100 * first[f'test_{m}_ci'][1]:.1f}]"
-                    for m in ("f1", "accuracy", "auc"))
+    ci = " | ".join(_ci(first[f"test_{m}"], first.get(f"test_{m}_ci")) for m in ("f1", "accuracy", "auc"))
     out.append(f"| {first['lr']:g} | freezebench's recommendation (best mean validation F1, confirmed; mean of its "
                f"{first['seeds']} seeds) | k={first['params']['k']} | {ci} | (this row) |")
     return "\n".join(out) + "\n\n" + "\n".join(f"- {r}" for r in ranks)

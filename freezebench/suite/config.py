@@ -79,8 +79,9 @@ class Confirm:
     a count (the first integers other than the trial's own seed) or the seeds themselves. ``resplit``: each
     extra seed also draws the training and validation images again from their pool (the test images stay),
     so the mean is over several validation sets, not one (``protocols.resplit``). ``ensemble``: every re-run
-    keeps its trained model (as does every search trial that could still be confirmed, ``confirmation.keeps_model``), so that the recommended configuration's seeds can be exported and used as one
-    model (their class probabilities averaged); false keeps one model per configuration."""
+    keeps its trained model (as does every search trial that could still be confirmed,
+    ``confirmation.keeps_model``), so that the recommended configuration's seeds can be exported and used
+    as one model (their class probabilities averaged); false keeps one model per configuration."""
 
     top: int = 3
     references: bool = True

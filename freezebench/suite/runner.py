@@ -237,9 +237,10 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         value = result.outcome.best_val[metric]
         trial.set_user_attr(AMOUNTS_ATTR, result.plan.amounts_to)
         keep = None
+        earlier = _finished(trial.study)  # one read of the study for both rules
         this = Candidate(run_id, cfg.strategy, value, trial.number, result.plan.amounts_to)
-        if _best_so_far(_complete_values(trial.study), value, maximize) or keeps_model(
-                _finished(trial.study), this, suite.confirm, maximize):  # export, predict, the confirmed ensembles
+        if _best_so_far([c.value for c in earlier], value, maximize) or keeps_model(
+                earlier, this, suite.confirm, maximize):  # export, predict, the confirmed ensembles
             keep = {"dataset": plan.dataset_ref.label, "study": plan.name, "optuna_trial": trial.number,
                     "selected_on": f"val_{metric}"}
         try:
