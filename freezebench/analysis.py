@@ -10,7 +10,7 @@ figures with ``in_report`` are shown in ``freezebench report`` under their ``sec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from . import plugins
 from .records import HIGHER_IS_BETTER, TrialOutputs
 
 __all__ = ["Output", "TrialOutputs", "StudyRecords", "pyplot", "colour", "best_per_group", "best_per_case", "ranked",
-           "trial_analyses", "case_name", "weight_class_correlation", "epochs_to_converge"]
+           "trial_analyses", "one_at_a_time", "close_figures", "case_name", "weight_class_correlation", "epochs_to_converge"]
 
 DEFAULT_SECTION = "Inside the networks"
 
@@ -143,10 +143,29 @@ def best_per_case(s: StudyRecords) -> dict[str, dict]:
     return best_per_group(s.trials, s.metric, case)
 
 
-def trial_analyses(outputs: TrialOutputs) -> list[Output]:
-    """Run every installed trial-scope analysis on one trial's outputs."""
-    results: list[Output] = []
+def close_figures(outputs: Iterable[Output]) -> None:
+    """Close the figures of ``outputs`` (pyplot keeps every figure it made until it is closed)."""
+    figures = [o.figure for o in outputs if o.figure is not None]
+    if figures:
+        plt = pyplot()
+        for figure in figures:
+            plt.close(figure)
+
+
+def one_at_a_time(outputs: Iterable[Output]) -> Iterator[Output]:
+    """``outputs`` one by one; when the consumer stops early (a full disk while logging them), the figures
+    not handed out yet are closed, so a failed trial leaves none open."""
+    pending = list(outputs)
+    try:
+        while pending:
+            yield pending.pop(0)
+    finally:
+        close_figures(pending)
+
+
+def trial_analyses(outputs: TrialOutputs) -> Iterator[Output]:
+    """Every installed trial-scope analysis on one trial's outputs, run one analysis at a time as the outputs
+    are consumed: a trial's figures are drawn, logged and closed analysis by analysis, not all held at once."""
     for entry in plugins.analyses().entries():
         if entry.obj.scope == "trial":
-            results += entry.obj.run(outputs)
-    return results
+            yield from one_at_a_time(entry.obj.run(outputs))

@@ -43,6 +43,22 @@ def tiny_dataset(tiny_npz):
     return load_npz(tiny_npz, classes=("malignant", "normal_or_benign"), name="tinybreast")
 
 
+@pytest.fixture(autouse=True)
+def no_figure_left_open(request):
+    """Every path of a command run in-process (the ``cli`` fixture: a finished run, a failed trial, a full
+    disk while logging) closes the figures it drew: pyplot keeps each one (and its memory) until it is
+    closed, so a long study would pile them up. Tests that call an analysis directly hold its figures
+    themselves; theirs are closed here."""
+    yield
+    plt = sys.modules.get("matplotlib.pyplot")
+    left = plt.get_fignums() if plt is not None else []
+    if left:
+        titles = [plt.figure(n).axes[0].get_title() if plt.figure(n).axes else "?" for n in left]
+        plt.close("all")
+        if "cli" in request.fixturenames:
+            pytest.fail(f"the command left {len(left)} matplotlib figure(s) open: {titles}")
+
+
 @pytest.fixture
 def fresh_plugins():
     """Reload plugins from entry points before and after the test (for tests that change them)."""

@@ -143,6 +143,30 @@ def test_analyses_all_and_none(tmp_path, tiny_npz, cli):
             assert ("fc_weights.png" in names) == (policy == "all") and "test_predictions.npz" in names
 
 
+def test_a_trials_figures_are_drawn_logged_and_closed_one_analysis_at_a_time(tmp_path, tiny_npz, cli, monkeypatch):
+    """pyplot keeps every figure until it is closed: a trial holds the figures of one analysis at a time
+    (at most the test set's confusion matrix and ROC together), not all of its figures at once."""
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    real, open_at_write = MlflowClient.log_figure, {}
+
+    def counting(self, run_id, figure, artifact_file, **kwargs):
+        open_at_write.setdefault(run_id, []).append((artifact_file, len(plt.get_fignums())))
+        return real(self, run_id, figure, artifact_file, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_figure", counting)
+    config = write_suite(tmp_path / "all.toml", tiny_npz, strategy='"freeze_to"', n_trials=2, extra='analyses = "all"\n')
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(tmp_path / "results"))
+    assert code == 0, err
+    trials = [writes for writes in open_at_write.values() if any(name == "test_roc.png" for name, _ in writes)]
+    assert len(trials) == 2
+    for writes in trials:
+        assert len(writes) >= 5, writes  # the paper analyses, Grad-CAM, deconvnet, the test figures
+        assert max(n for _, n in writes) <= 2, writes
+    assert plt.get_fignums() == []
+
+
 def _records(sweep):
     from freezebench.results.report import study_records
     from freezebench.results.tracking import Tracker

@@ -65,6 +65,37 @@ def test_a_full_disk_mid_run_closes_the_trial_and_the_rerun_retries_it(cli, tmp_
     assert all(r.info.status == "FINISHED" for r in complete)
 
 
+def test_a_full_disk_between_a_trials_figures_closes_every_figure_and_the_rerun_logs_them_all(cli, tmp_path, tiny_npz, monkeypatch):
+    """The disk fills up after a trial's first figures are written: the trial is closed as failed, no figure
+    stays open in the process (pyplot keeps each until closed), and the rerun retries the trial in full."""
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    config, results = _suite(tmp_path, tiny_npz, n_trials=1), tmp_path / "results"
+    real, written = MlflowClient.log_figure, []
+
+    def fills_up(self, run_id, figure, artifact_file, **kwargs):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(results / "mlartifacts" / artifact_file))
+        written.append(artifact_file)
+        return real(self, run_id, figure, artifact_file, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_figure", fills_up)
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 1 and "Traceback" not in err and "the disk is full" in " ".join(err.split())
+    assert len(written) == 2 and plt.get_fignums() == []  # figures drawn but not written were closed too
+    (hit,) = _trial_runs(results)
+    assert hit.data.tags["freezebench.state"] == "failed"
+
+    monkeypatch.setattr(MlflowClient, "log_figure", real)
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0, err
+    (done,) = [r for r in _trial_runs(results) if r.data.tags["freezebench.state"] == "complete"]
+    logged = {a.path for a in MlflowClient(f"sqlite:///{results / 'mlflow.db'}").list_artifacts(done.info.run_id)}
+    assert set(written) <= logged and {"test_roc.png", "test_confusion_matrix.png"} <= logged
+    assert plt.get_fignums() == []
+
+
 def test_a_full_disk_while_the_store_is_made_leaves_no_half_made_store(cli, tmp_path, tiny_npz, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import plugins
-from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, colour, pyplot
+from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, close_figures, colour, pyplot
 from ..errors import UserError
 from . import layout
 from .evidence import Predictions
@@ -63,9 +63,11 @@ def study_records(tracker: Tracker, experiment_id: str, parent) -> StudyRecords:
 def _svg(figure) -> str:
     """A figure as inline SVG, scaled to the page width."""
     buffer = io.StringIO()
-    with pyplot().rc_context({"svg.fonttype": "none"}):  # text stays text: small and sharp
-        figure.savefig(buffer, format="svg", bbox_inches="tight")
-    pyplot().close(figure)
+    try:
+        with pyplot().rc_context({"svg.fonttype": "none"}):  # text stays text: small and sharp
+            figure.savefig(buffer, format="svg", bbox_inches="tight")
+    finally:
+        pyplot().close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg"):].replace("<svg ", '<svg class="fig" ', 1)
 
@@ -247,9 +249,12 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         parts = []
         for analysis in analyses:
             outputs = analysis.run(records)
-            shown = [(_png(out.figure), f"{out.title} ({analysis.name})") for out in outputs
-                     if out.figure is not None and out.in_report]  # drawn before logging closes the figures
-            tracker.log_outputs(parent.info.run_id, outputs, folder=layout.ANALYSES_FOLDER)
+            try:
+                shown = [(_png(out.figure), f"{out.title} ({analysis.name})") for out in outputs
+                         if out.figure is not None and out.in_report]  # drawn before logging closes the figures
+                tracker.log_outputs(parent.info.run_id, outputs, folder=layout.ANALYSES_FOLDER)
+            finally:
+                close_figures(outputs)  # logged ones are closed already; these are the ones a failure left open
             parts += [_img(png, title) for png, title in shown]
         views.append(f"<details><summary>{html.escape(records.study)}: study analyses ({len(parts)} figures)</summary>"
                      f"<div class='row'>{''.join(parts)}</div></details>" + _best_per_strategy(tracker, records))

@@ -172,18 +172,28 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED")
 
     def log_outputs(self, run_id: str, outputs, folder: str | None = None) -> None:
-        """Log analysis outputs (figures, JSON data, arrays) and a manifest saying what each figure is."""
+        """Log analysis outputs (figures, JSON data, arrays) and a manifest saying what each figure is. Each
+        figure is closed once logged, or when logging fails; ``outputs`` may be made as they are consumed (a
+        generator): one that stops early is closed, so that it closes the figures it still holds."""
         manifest = []
-        for item in outputs:
-            name = f"{folder}/{item.name}" if folder else item.name
-            if item.figure is not None:
-                self.client.log_figure(run_id, item.figure, name)
-                pyplot().close(item.figure)
-                manifest.append({"name": name, "title": item.title, "section": item.section, "in_report": item.in_report})
-            if item.data is not None:
-                self.client.log_text(run_id, json.dumps(item.data, indent=1, default=str), name)
-            if item.arrays is not None:
-                log_arrays(self.client, run_id, item.arrays, name)
+        items = iter(outputs)
+        try:
+            for item in items:
+                name = f"{folder}/{item.name}" if folder else item.name
+                try:
+                    if item.figure is not None:
+                        self.client.log_figure(run_id, item.figure, name)
+                        manifest.append({"name": name, "title": item.title, "section": item.section, "in_report": item.in_report})
+                    if item.data is not None:
+                        self.client.log_text(run_id, json.dumps(item.data, indent=1, default=str), name)
+                    if item.arrays is not None:
+                        log_arrays(self.client, run_id, item.arrays, name)
+                finally:
+                    if item.figure is not None:
+                        pyplot().close(item.figure)
+        finally:
+            if hasattr(items, "close"):
+                items.close()
         if manifest:
             manifest_name = f"{folder}/{layout.OUTPUTS_MANIFEST}" if folder else layout.OUTPUTS_MANIFEST
             self.client.log_dict(run_id, manifest, manifest_name)

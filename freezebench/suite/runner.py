@@ -11,12 +11,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import optuna
 
 from .. import __version__, plugins
-from ..analysis import case_name, trial_analyses
+from ..analysis import Output, case_name, close_figures, one_at_a_time, trial_analyses
 from ..backbone import WeightsRequest
 from ..engine.datacache import DataCache
 from ..engine.saved import save_model
@@ -82,16 +82,16 @@ def planned_trials(plan: StudyPlan) -> int:
     return min(plan.suite.n_trials, grid_size(plan.suite, plugins.strategies(), n_units) or plan.suite.n_trials)
 
 
-def trial_outputs(result: TrialResult) -> list:
+def trial_outputs(result: TrialResult) -> Iterator[Output]:
     """Everything logged with a trial: the lifecycle hooks' outputs, the test predictions, and when the trial
-    is analysed (the suite's ``analyses``) the trial analyses and the test figures."""
-    outputs = list(result.artifacts)
+    is analysed (the suite's ``analyses``) the trial analyses and the test figures. Made as they are logged:
+    each analysis draws its figures when the previous one's are logged and closed."""
+    yield from result.artifacts
     if result.outputs is not None and result.inspected:
-        outputs += trial_analyses(result.outputs)
+        yield from trial_analyses(result.outputs)
     if result.outcome.test_probs is not None:
-        outputs += test_figures(result.outcome.test_labels, result.outcome.test_probs, result.class_names,
-                                figures=result.inspected)
-    return outputs
+        yield from one_at_a_time(test_figures(result.outcome.test_labels, result.outcome.test_probs, result.class_names,
+                                              figures=result.inspected))
 
 
 def uncertainty(result: TrialResult) -> tuple[dict[str, float], dict[str, str]]:
@@ -126,6 +126,7 @@ def _record(tracker: Tracker, run_id: str, result: TrialResult, keep_model: dict
                                        surgery=result.plan.surgery)
             tracker.finish_trial(run_id, result, trial_outputs(result), metrics, tags, model_dir)
     except Exception as exc:
+        close_figures(result.artifacts)  # the lifecycle hooks' figures, drawn before recording began
         fault = fault_of(exc)
         with contextlib.suppress(Exception):  # the store may refuse this too; then the retry closes it
             tracker.end_trial(run_id, "failed", f"recording its results failed: {fault or type(exc).__name__}: {exc}")
