@@ -8,6 +8,8 @@
     python scripts/bench_time_to_answer.py --reuse out.json --json out2.json # compare again, without re-timing
     python scripts/bench_time_to_answer.py --grid-from out.json --set head_init=linear_probe --modes hyperband
                                              # new searches (the quick suite changed) against a saved grid and oracle
+                                             # (its store gone: the oracle's configuration is trained again
+                                             # with every seed at this commit)
 
 - **grid-naive** (the anchor, run once): the papers' method (paper 002): every freeze point
   (``freeze_to k = 0..n``, block units; ``--grid-granularity layer``: every conv/linear layer, as paper 002
@@ -31,8 +33,9 @@ recommendation), with nothing else running. Then, on the same test images:
   is what that configuration does, and what the answer is compared with. The one-seed value is kept;
 - a search's **answer** is its recommendation, the first leaderboard row (its mean over the confirmation
   seeds);
-- the answer is **tied** when the confirmed oracle's AUC is not significantly higher (paired bootstrap
-  over test images, two-sided p >= 0.05; ``freezebench.results.stats.compare``);
+- the answer is **tied** (as good) when the confirmed oracle's AUC is not significantly higher (paired bootstrap
+  over test images, two-sided at 0.05; ``freezebench.results.stats.compare``); an answer significantly
+  higher than the oracle is as good too, and marked "better";
 - **as delivered**: the same comparison between the two configurations' seed ensembles (each one's seeds'
   probabilities averaged: the model ``freezebench export`` writes for a confirmed recommendation).
 
@@ -167,6 +170,25 @@ def oracle(grid: dict) -> dict:
             "grid_answer": name(chosen[1]), "grid_answer_auc": chosen[0]}
 
 
+def oracle_again(saved: dict, args, keep: Path) -> dict:
+    """A saved run's oracle when its grid's store is gone: the grid's best configuration (chosen by that run)
+    trained again with seed 0 and the grid's settings at this commit; then confirmed as usual. Its one-seed AUC
+    in the saved run is kept as ``oracle_auc_saved`` (training code changed since may move it)."""
+    from freezebench.results import layout, stats
+    from freezebench.results.tracking import load_arrays
+
+    recorded = saved["oracle"]
+    done = keep / _folder("oracle", args, 0) / "results"  # trained again by an earlier --grid-from into this --keep
+    run = {"results": str(done)} if done.is_dir() else run_mode("oracle", args, 0, keep, recorded["oracle_point"])
+    client = _client(run["results"])
+    (trial,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                if r.data.tags.get(layout.ROLE) == layout.TRIAL and r.data.tags.get(layout.STATE) == "complete"]
+    pred = load_arrays(client, trial.info.run_id, layout.TEST_PREDICTIONS)
+    return {**{k: recorded[k] for k in ("trials", "oracle", "oracle_point", "grid_answer", "grid_answer_auc")},
+            "oracle_auc": stats.point_metrics(pred["labels"], pred["probs"])["auc"], "oracle_auc_saved": recorded["oracle_auc"],
+            "grid_keep": str(keep), "labels": pred["labels"], "probs": pred["probs"]}
+
+
 def confirm_oracle(truth: dict, args, keep: Path) -> None:
     """Train the oracle's configuration again with ``ORACLE_SEEDS`` and stack its test predictions (in place:
     ``probs`` becomes (seeds, images, classes); ``oracle_auc_confirmed``, ``oracle_auc_per_seed``)."""
@@ -214,10 +236,20 @@ def answer(search: dict, dataset_label: str, truth: dict) -> dict:
                                 f"lr={first['lr']:.1e}"]),
             "answer_auc": float(first["test_auc"]), "seeds": int(first["seeds"]), "rows": len(rows),
             "oracle_minus_answer": [c.difference.value, c.difference.low, c.difference.high], "p": c.p_value,
-            "tied": not c.significant,
+            "tied": _as_good(c), "better": c.significant and c.difference.value < 0,
             "answer_auc_ensemble": stats.point_metrics(labels, stack.mean(0))["auc"],
             "oracle_minus_answer_ensemble": [e.difference.value, e.difference.low, e.difference.high],
-            "p_ensemble": e.p_value, "tied_ensemble": not e.significant}
+            "p_ensemble": e.p_value, "tied_ensemble": _as_good(e), "better_ensemble": e.significant and e.difference.value < 0}
+
+
+def _as_good(c) -> bool:
+    """The answer is as good as the oracle unless the oracle is significantly higher (an answer significantly
+    higher than the grid's best is as good too: the docstring's criterion)."""
+    return not (c.significant and c.difference.value > 0)
+
+
+def _verdict(r: dict, suffix: str = "") -> str:
+    return "no" if not r["tied" + suffix] else "better" if r.get("better" + suffix) else "yes"
 
 
 def report(data: dict) -> str:
@@ -227,7 +259,9 @@ def report(data: dict) -> str:
                  + ", ".join(f"{a:.3f}" for a in truth["oracle_auc_per_seed"]) + ")") if "oracle_auc_confirmed" in truth else ""
     lines = [f"{data['dataset']}, {data['image_size']} px, {data['backbone']}: naive grid ({data.get('grid_granularity', 'block')} "
              f"freeze points) {truth['trials']} trials, "
-             f"{grid['wall_s']:.0f} s; oracle {truth['oracle']} (test AUC {truth['oracle_auc']:.3f}, one seed{confirmed}); the grid's own "
+             f"{grid['wall_s']:.0f} s; oracle {truth['oracle']} (test AUC {truth['oracle_auc']:.3f}, one seed{confirmed}"
+             + (f"; trained again on {data['oracle_date']}, {truth['oracle_auc_saved']:.3f} on one seed in the grid's run"
+                if "oracle_auc_saved" in truth else "") + "); the grid's own "
              f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})"
              + "".join(f"; searches with {k} = {v}" for k, v in data.get("changes", {}).items()), "",
              "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
@@ -238,7 +272,7 @@ def report(data: dict) -> str:
             continue
         d = r["oracle_minus_answer"]
         lines.append(f"| {r['mode']} | {r['seed']} | {r['wall_s']:.0f} s | {r['answer']} | {r['answer_auc']:.3f} (x{r['seeds']}) | "
-                     f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {r['p']:.2f} | {'yes' if r['tied'] else 'no'} | "
+                     f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | {r['p']:.2f} | {_verdict(r)} | "
                      f"{grid['wall_s'] / r['wall_s']:.1f}x |")
     if ensembles:  # the same, each configuration's seeds averaged into one model (what freezebench export delivers)
         lines += ["", f"As delivered (each configuration's seeds as one ensemble): oracle {truth['oracle_auc_ensemble']:.3f}", "",
@@ -247,7 +281,7 @@ def report(data: dict) -> str:
         for r in ensembles:
             d = r["oracle_minus_answer_ensemble"]
             lines.append(f"| {r['mode']} | {r['seed']} | {r['answer_auc_ensemble']:.3f} | {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] | "
-                         f"{r['p_ensemble']:.2f} | {'yes' if r['tied_ensemble'] else 'no'} | {grid['wall_s'] / r['wall_s']:.1f}x |")
+                         f"{r['p_ensemble']:.2f} | {_verdict(r, '_ensemble')} | {grid['wall_s'] / r['wall_s']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -287,7 +321,11 @@ def main() -> None:
     label = "brain_tumor_mri" if args.dataset == "brain_mri" else "breastmnist"
     grid = next(r for r in saved["runs"] if r["mode"] == "grid-naive") if saved else run_mode("grid-naive", args, 0, keep)
     print(f"grid-naive: {grid['wall_s']:.0f} s", flush=True)
-    truth = oracle(grid)
+    if args.grid_from and not Path(grid["results"]).is_dir():  # the grid's store is gone: train its oracle point again
+        print(f"{grid['results']} is gone: training the oracle {saved['oracle']['oracle']} again", flush=True)
+        truth = oracle_again(saved, args, keep)
+    else:
+        truth = oracle(grid)
     confirm_oracle(truth, args, keep)
     print(f"oracle {truth['oracle']}: {truth['oracle_auc']:.3f} one seed, {truth['oracle_auc_confirmed']:.3f} confirmed", flush=True)
     runs = [grid]
@@ -300,7 +338,8 @@ def main() -> None:
         runs.append(run)
     data = {"dataset": args.dataset, "image_size": args.image_size, "backbone": args.backbone, "grid_granularity": args.grid_granularity,
             "changes": args.changes, "date": saved["date"] if args.reuse else time.strftime("%Y-%m-%d"), "runs": runs,
-            "oracle": {k: v for k, v in truth.items() if k not in ("labels", "probs")}}
+            "oracle": {k: v for k, v in truth.items() if k not in ("labels", "probs")},
+            **({"oracle_date": time.strftime("%Y-%m-%d")} if "oracle_auc_saved" in truth else {})}
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")
     print(report(data))
