@@ -26,15 +26,16 @@ def test_run_output_ends_with_summary_and_leaderboard(finished_suite):
     assert out.count("complete val_f1=") == 3
 
 
-def test_a_leaderboard_written_to_a_file_or_pipe_keeps_every_column(finished_suite):
-    """Output to a log file (no terminal, no $COLUMNS) is not laid out in 80 columns and cut."""
+@pytest.mark.parametrize("columns", [None, "", "wide", "0"])
+def test_a_leaderboard_written_to_a_file_or_pipe_keeps_every_column(finished_suite, columns):
+    """Output to a log file (no terminal; $COLUMNS unset, empty or not a width) is not laid out in 80 columns and cut."""
     import os
     import re
     import subprocess
     import sys
 
     _, results, _ = finished_suite
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, **({"COLUMNS": columns} if columns is not None else {})}
     proc = subprocess.run([sys.executable, "-m", "freezebench", "leaderboard", "--dataset", "tinybreast", "--results-dir",
                            str(results)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr

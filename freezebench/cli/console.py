@@ -9,12 +9,14 @@ from rich.text import Text
 
 # Written to a file or a pipe (`> log.txt`, `| tee`, a cluster job's log), rich would lay everything out in 80
 # columns and cut the leaderboard's right-hand columns off; such output is as wide as this instead.
-# A terminal keeps its own width, and $COLUMNS, when set, wins.
+# A terminal keeps its own width, and $COLUMNS, when it is a width (a positive integer), wins; rich ignores
+# any other value, so that counts as unset.
 FILE_WIDTH = 200
 
 
 def _console(stream, **kwargs) -> Console:
-    to_file = not os.environ.get("COLUMNS") and not (hasattr(stream, "isatty") and stream.isatty())
+    columns = os.environ.get("COLUMNS", "").strip()
+    to_file = not (columns.isdigit() and int(columns) > 0) and not (hasattr(stream, "isatty") and stream.isatty())
     return Console(width=FILE_WIDTH if to_file else None, **kwargs)
 
 
