@@ -80,3 +80,16 @@ def test_searches_prune_with_hyperband_and_grids_train_every_point(tmp_path):
         if suite.sampler == "grid":
             assert suite.pruner == "none", suite.name
     assert shipped.suite("quick").pruner == default_pruner("tpe") == "hyperband"
+
+
+def test_the_quick_suite_searches_the_references_and_the_freeze_points_between_them():
+    """The README's first command tests its answer against linear probing and full fine-tuning, so it must
+    search both; scratch, never its answer, is left to the suites that reproduce paper 000."""
+    from freezebench.strategy import REFERENCES
+
+    config = _config()
+    searched = config.suite("quick").params["strategy"].values
+    assert set(REFERENCES) <= set(searched) and "freeze_to" in searched
+    assert "scratch" not in searched
+    assert any("scratch" in getattr(config.suite(name).params.get("strategy"), "values", ()) for name in config.suites
+               if name.startswith("paper000"))
