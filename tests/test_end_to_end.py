@@ -35,7 +35,9 @@ def test_a_leaderboard_written_to_a_file_or_pipe_keeps_every_column(finished_sui
     import sys
 
     _, results, _ = finished_suite
-    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, **({"COLUMNS": columns} if columns is not None else {})}
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
     proc = subprocess.run([sys.executable, "-m", "freezebench", "leaderboard", "--dataset", "tinybreast", "--results-dir",
                            str(results)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
