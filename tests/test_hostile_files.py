@@ -1,5 +1,6 @@
 """Hostile and mistaken data and weights files (issue "Reliability"): each is named with the fix, never
-read where it should not be, and never shown as a numpy or torch traceback."""
+read where it should not be, and never shown as a numpy or torch traceback. Hostile folder names: the
+stores stay where they were asked to be."""
 
 from __future__ import annotations
 
@@ -184,3 +185,49 @@ def test_the_dropped_classifier_is_said_before_the_run_and_recorded(cli, tmp_pat
     runs = client.search_runs([client.get_experiment_by_name("tinybreast").experiment_id], "tags.`freezebench.role` = 'trial'")
     assert [r.data.params["weights_source"] for r in runs] == [
         f"file:{path} (dropped the source's classifier: _fc.weight [1000, 1280], _fc.bias [1000])"]
+
+
+# Characters that mean something in a database URL: SQLAlchemy decodes %XX in the file name and ends it at
+# "?" or "#"; Optuna fills {...} in a storage URL as a str.format template. In a folder name they are text.
+URL_HOSTILE = ["100%20", "a?b#c", "{x}", "{", "sp ace", "\u00fcn\u00ef"]
+
+
+@pytest.mark.parametrize("name", URL_HOSTILE)
+def test_a_sqlite_url_names_its_own_file_and_optuna_opens_it_there(tmp_path, name):
+    from freezebench.suite.stores import sqlite_file, sqlite_url
+    from freezebench.suite.studies import storage
+
+    path = tmp_path / name / "optuna.db"
+    path.parent.mkdir()
+    assert sqlite_file(sqlite_url(path)) == path
+    storage(sqlite_url(path))
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    typed = path.with_name("typed.db")  # a URL a user typed, path not encoded: braces are still literal
+    if not any(c in name for c in "%?#"):
+        storage(f"sqlite:///{typed}")
+        assert typed.is_file()
+
+
+def test_a_results_dir_with_url_characters_in_its_name_keeps_every_store_and_artifact_in_it(cli, tmp_path, tiny_npz):
+    import json
+    import shutil
+
+    from .conftest import write_suite
+
+    base = tmp_path / "100%20 {x} a?b#c"
+    base.mkdir()
+    npz = shutil.copy(tiny_npz, base / "tiny.npz")
+    config = write_suite(base / "bench.toml", npz, strategy='"linear_probe"', n_trials=1)
+    results = base / "results"
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir()] == [base.name]  # nothing at a decoded or cut-off name beside it
+    assert {"optuna.db", "mlflow.db", "mlartifacts"} <= {p.name for p in results.iterdir()}
+    assert not list(results.glob("*.creating"))
+    code, out, err = cli("leaderboard", "--dataset", "tinybreast", "--json", "--results-dir", str(results))
+    assert code == 0, err
+    assert [r["strategy"] for r in json.loads(out)] == ["linear_probe"]
+    from freezebench.results.layout import TRIAL_CONFIG
+
+    logged = {p.name for p in (results / "mlartifacts").rglob("*") if p.is_file()}
+    assert TRIAL_CONFIG in logged, sorted(logged)

@@ -67,7 +67,7 @@ class Tracker:
                 if k not in exp.tags:
                     self.client.set_experiment_tag(exp.experiment_id, k, v)
             return exp.experiment_id
-        location = str(Path(self.artifact_root) / layout.path_component(dataset)) if self.artifact_root else None
+        location = f"{self.artifact_root.rstrip('/')}/{layout.path_component(dataset)}" if self.artifact_root else None
         from mlflow.exceptions import MlflowException
 
         try:

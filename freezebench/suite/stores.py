@@ -24,9 +24,9 @@ class Stores:
     def resolve(cls, results_dir: str | None = None, storage: str | None = None, tracking_uri: str | None = None) -> "Stores":
         """Defaults: ``./freezebench-results/optuna.db`` and ``mlflow.db`` (SQLite) with artifacts beside."""
         root = Path(results_dir or os.environ.get("FREEZEBENCH_RESULTS") or DEFAULT_RESULTS).resolve()
-        optuna_url = storage or os.environ.get("FREEZEBENCH_STORAGE") or f"sqlite:///{root / 'optuna.db'}"
-        uri = tracking_uri or os.environ.get("FREEZEBENCH_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-        artifacts = str(root / "mlartifacts") if uri.startswith("sqlite:") else None
+        optuna_url = storage or os.environ.get("FREEZEBENCH_STORAGE") or sqlite_url(root / "optuna.db")
+        uri = tracking_uri or os.environ.get("FREEZEBENCH_TRACKING_URI") or sqlite_url(root / "mlflow.db")
+        artifacts = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None  # a URI: MLflow decodes %XX
         return cls(root, optuna_url, uri, artifacts)
 
     def check(self, writing: bool = False) -> None:
@@ -43,7 +43,7 @@ class Stores:
                                 f"{', '.join(s + '://' for s in allowed)}.")
             if scheme != "sqlite":
                 continue
-            path = Path(url.split(":///", 1)[1]) if ":///" in url else None
+            path = sqlite_file(url)
             if path is None or (not path.parent.is_dir() and path.parent != self.results_dir):  # results_dir: made by prepare()
                 raise UserError(f"{option} {url!r}: the folder {path.parent if path else url} does not exist. Create it, "
                                 "or name a file in an existing folder.")
@@ -80,7 +80,7 @@ class Stores:
             raise UserError(f"{what} {folder} is not writable (read-only, or owned by another user). Pass --results-dir "
                             "with a folder you can write to, or set FREEZEBENCH_RESULTS.")
         for url in (self.optuna_url, self.tracking_uri):
-            path = _sqlite_file(url)
+            path = sqlite_file(url)
             if path is not None and path.is_file() and not os.access(path, os.W_OK):
                 raise UserError(f"{path} is read-only: freezebench adds every trial to it. Make it writable "
                                 "(chmod u+w), or pass --results-dir for a new folder.")
@@ -135,7 +135,7 @@ class Stores:
         """Open the store at ``url`` with ``create(url)``; a local SQLite store that does not exist yet is
         made in a side file and renamed into place once its schema is complete, so a kill or a full disk
         during creation never leaves a half-made store that breaks later runs."""
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is None or path.exists():
             create(url)
             return
@@ -143,15 +143,33 @@ class Stores:
             left.unlink(missing_ok=True)
         side = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")  # new name: no cached engine reuses it
         try:
-            create(f"sqlite:///{side}")
+            create(sqlite_url(side))
             os.replace(side, path)
         finally:
             side.unlink(missing_ok=True)
 
     def exists(self) -> bool:
-        return not self.local_tracking or _sqlite_file(self.tracking_uri).is_file()
+        return not self.local_tracking or sqlite_file(self.tracking_uri).is_file()
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` URL; None for any other store."""
-    return Path(url.split(":///", 1)[1]) if url.startswith("sqlite:///") else None
+def sqlite_url(path: Path) -> str:
+    """The SQLite URL of a file, its path percent-encoded: SQLAlchemy decodes ``%XX`` in a URL's database
+    part and ends it at ``?`` (a query) or ``#``, and Optuna fills ``{...}`` in a storage URL as a template,
+    so a results dir named ``100%20``, ``a?b`` or ``{x}`` would otherwise be another file, or none."""
+    from urllib.parse import quote
+
+    return "sqlite:///" + quote(str(path), safe="/")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL, as SQLAlchemy reads it (``%XX`` decoded, a ``?query`` dropped);
+    None for any other store."""
+    if not url.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # not a URL SQLAlchemy can read: named by check()
+        return None
+    return Path(database) if database else None

@@ -43,7 +43,8 @@ def storage(url: str) -> optuna.storages.BaseStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=interval, grace_period=grace, engine_kwargs=engine,
+            # Optuna fills the URL as a str.format template: braces in a path or password are literal here
+            return optuna.storages.RDBStorage(url.replace("{", "{{").replace("}", "}}"), heartbeat_interval=interval, grace_period=grace, engine_kwargs=engine,
                                               **{_RETRY_KEYWORD: _retry_stale()})
         except ImportError as exc:
             hint = ' (pip install "freezebench[postgres]")' if url.startswith("postgres") else ""
