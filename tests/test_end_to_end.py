@@ -113,6 +113,32 @@ def test_leaderboard_ranks_by_best_validation_metric(finished_suite, cli):
     assert code == 2 and "Datasets with results: tinybreast" in " ".join(err.split())
 
 
+def test_leaderboard_and_recommend_read_back_the_suites_own_metric_and_every_dataset_by_default(cli, tmp_path, tiny_npz):
+    """A suite that chose on validation loss: `leaderboard` and `recommend` without --metric rank by loss, as the
+    run did (they ranked by F1 before, and could recommend another configuration); without --dataset, every
+    dataset in the store is shown."""
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, n_trials=3)
+    config.write_text(config.read_text().replace('metric = "f1"', 'metric = "loss"'))
+    results = tmp_path / "results"
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0, err
+    base = ("--results-dir", str(results), "--json")
+    code, out, _ = cli("leaderboard", *base)
+    rows = json.loads(out)
+    assert code == 0 and [r["dataset"] for r in rows] == ["tinybreast"] * 3
+    losses = [r["val_loss"] for r in rows]
+    assert losses == sorted(losses)
+    code, out, _ = cli("leaderboard", "--dataset", "tinybreast", "--metric", "loss", *base)
+    assert [r["run_id"] for r in json.loads(out)] == [r["run_id"] for r in rows]
+    code, out, _ = cli("recommend", *base)
+    (rec,) = json.loads(out)
+    assert rec["chosen_on"]["metric"] == "val_loss" and rec["model_run_id"] == rows[0]["run_id"]
+    code, out, _ = cli("leaderboard", "--results-dir", str(results))
+    assert code == 0 and "by val loss" in " ".join(out.split())
+    code, out, _ = cli("leaderboard", "--suite", "other", *base)
+    assert code == 0 and json.loads(out) == []
+
+
 def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
     config, results, _ = finished_suite
     code, out, _ = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))

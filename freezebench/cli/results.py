@@ -115,52 +115,66 @@ def print_leaderboard(tracker, dataset: str, metric: str, suite: str | None = No
         console.print("! predicts one class for every test image (its accuracy is the majority rate)", markup=False)
 
 
+DATASET_HELP = "Dataset name (the MLflow experiment). Default: every dataset in the results store."
+METRIC_HELP = "Chosen on the best (confirmed: mean) validation value of this metric. Default: the suite's own `metric`."
+
+
 @click.command("leaderboard")
-@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
-@click.option("--metric", default="f1", show_default=True, help="Rank by the best validation value of this metric.")
+@click.option("--dataset", help=DATASET_HELP)
+@click.option("--metric", help=METRIC_HELP.replace("Chosen on", "Rank by"))
 @click.option("--suite", help="Only trials of this suite.")
-@click.option("--limit", type=click.IntRange(min=1), help="Show the top N.")
+@click.option("--limit", type=click.IntRange(min=1), help="Show the top N (of each dataset).")
 @click.option("--group-by", type=click.Choice(["strategy", "backbone"]), help="Only the best trial of each strategy or backbone.")
 @click.option("--cheapest-first", "cheapest", type=click.Choice(["params", "time", "memory"]),
               help="Rows tied with the first on test AUC first, cheapest first: by trainable parameters, seconds per "
                    "epoch or peak memory.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one list of rows (each names its dataset).")
 @store_options
 def leaderboard_cmd(dataset, metric, suite, limit, group_by, cheapest, as_json, results_dir, storage, tracking_uri):
-    """Trials of DATASET ranked by their best validation metric, with test metrics."""
-    from ..results.leaderboard import cheapest_first, leaderboard
+    """Trials ranked by their best validation metric, with test metrics: of DATASET, or of every dataset."""
+    from ..results.leaderboard import boards, cheapest_first, leaderboard
 
     tracker = _tracker(results_dir, storage, tracking_uri)
+    chosen = boards(tracker, dataset, metric, suite)
     if as_json:
-        rows = leaderboard(tracker, dataset, metric, suite=suite, group_by=group_by)
-        rows = cheapest_first(rows, cheapest) if cheapest else rows
-        print_json(rows[:limit] if limit else rows)
-    else:
-        print_leaderboard(tracker, dataset, metric, suite=suite, limit=limit, group_by=group_by, cheapest=cheapest)
+        out = []
+        for name, by in chosen:
+            rows = leaderboard(tracker, name, by, suite=suite, group_by=group_by)
+            rows = cheapest_first(rows, cheapest) if cheapest else rows
+            out += [{"rank": r["rank"], "dataset": name, **r} for r in (rows[:limit] if limit else rows)]
+        print_json(out)
+        return
+    if not chosen:
+        console.print("No finished trials in this results store yet" + (f" for suite {suite!r}." if suite else "."), markup=False)
+    for name, by in chosen:
+        print_leaderboard(tracker, name, by, suite=suite, limit=limit, group_by=group_by, cheapest=cheapest)
 
 
 @click.command("recommend")
-@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
-@click.option("--metric", default="f1", show_default=True, help="Chosen on the best (confirmed: mean) validation value of this metric.")
+@click.option("--dataset", help=DATASET_HELP)
+@click.option("--metric", help=METRIC_HELP)
 @click.option("--suite", help="Only trials of this suite.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: one object per study.")
 @store_options
 def recommend_cmd(dataset, metric, suite, as_json, results_dir, storage, tracking_uri):
-    """The answer alone: per study of DATASET, the recommended configuration with its test CIs and its
-    comparison with linear probing and full fine-tuning (what `freezebench run` ends with)."""
+    """The answer alone: per study (of DATASET, or of every dataset), the recommended configuration with its
+    test CIs and its comparison with linear probing and full fine-tuning (what `freezebench run` ends with)."""
     from ..results.evidence import Predictions
-    from ..results.leaderboard import leaderboard
+    from ..results.leaderboard import boards, leaderboard
     from ..results.recommend import recommendations
 
     tracker = _tracker(results_dir, storage, tracking_uri)
     predictions = Predictions(tracker.client)
-    rows = leaderboard(tracker, dataset, metric, suite=suite, predictions=predictions)
-    recs = recommendations(tracker, dataset, metric, suite, rows=rows, predictions=predictions)
+    recs = []
+    for name, by in boards(tracker, dataset, metric, suite):
+        rows = leaderboard(tracker, name, by, suite=suite, predictions=predictions)
+        recs += recommendations(tracker, name, by, suite, rows=rows, predictions=predictions)
     if as_json:
         print_json([rec.as_dict() for rec in recs])
         return
     if not recs:
-        console.print(f"No finished trials for {dataset!r} yet.", markup=False)
+        console.print(f"No finished trials for {dataset!r} yet." if dataset else "No finished trials in this results store yet.",
+                      markup=False)
     for rec in recs:
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -29,13 +29,29 @@ def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
 
 def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
     """(dataset, experiment id, objective metric) for every dataset experiment in the store."""
-    out = []
+    return [(exp.name, exp.experiment_id, _objective(tracker.client, exp.experiment_id) or "f1")
+            for exp in tracker.client.search_experiments() if exp.name != "Default"]
+
+
+def _objective(client, experiment_id: str, suite: str | None = None) -> str | None:
+    studies = client.search_runs([experiment_id], layout.where(layout.STUDY, suite=suite), max_results=1)
+    return layout.objective_metric(studies[0].data.tags) if studies else None
+
+
+def boards(tracker: Tracker, dataset: str | None = None, metric: str | None = None,
+           suite: str | None = None) -> list[tuple[str, str]]:
+    """(dataset, metric) of each leaderboard to show: ``dataset``, else every dataset in the store that has
+    studies (of ``suite``, when given); ranked by ``metric``, else by the metric their suite chose on (what
+    ``freezebench run`` ranked by), so the leaderboard and the recommendation read back are the run's own."""
+    if dataset is not None:
+        exp = tracker.client.get_experiment_by_name(dataset)
+        chosen = _objective(tracker.client, exp.experiment_id, suite) if exp is not None else None
+        return [(dataset, metric or chosen or "f1")]  # an unknown dataset: leaderboard() names the ones there are
+    found = []
     for exp in tracker.client.search_experiments():
-        if exp.name == "Default":
-            continue
-        studies = tracker.client.search_runs([exp.experiment_id], layout.where(layout.STUDY), max_results=1)
-        out.append((exp.name, exp.experiment_id, layout.objective_metric(studies[0].data.tags) if studies else "f1"))
-    return out
+        if exp.name != "Default" and (chosen := _objective(tracker.client, exp.experiment_id, suite)) is not None:
+            found.append((exp.name, metric or chosen))
+    return found
 
 
 def typed(value: str | None):
