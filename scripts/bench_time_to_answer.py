@@ -39,6 +39,10 @@ recommendation), with nothing else running. Then, on the same test images:
 - **as delivered**: the same comparison between the two configurations' seed ensembles (each one's seeds'
   probabilities averaged: the model ``freezebench export`` writes for a confirmed recommendation).
 
+Whether a validation set could find the oracle at all: the oracle's rank among the grid's trials by their
+validation F1, and the Spearman correlation of the grid's trials' validation F1 with their test AUC (a grid
+whose store is kept; a saved run's values otherwise).
+
 Time to answer is the search's wall time when its answer is tied; the ratio is the naive grid's wall time
 over it. ``docs/performance.md`` has the measured table.
 """
@@ -147,7 +151,9 @@ def run_mode(mode: str, args, seed: int, keep: Path, fixed: dict | None = None) 
 def _client(results: str):
     from freezebench.results.tracking import Tracker
 
-    return Tracker(f"sqlite:///{Path(results) / 'mlflow.db'}", str(Path(results) / "mlartifacts")).client
+    from freezebench.suite.stores import sqlite_url
+
+    return Tracker(sqlite_url(Path(results) / "mlflow.db"), (Path(results) / "mlartifacts").as_uri()).client
 
 
 def oracle(grid: dict) -> dict:
@@ -164,10 +170,15 @@ def oracle(grid: dict) -> dict:
         scored.append((stats.point_metrics(pred["labels"], pred["probs"])["auc"], r, pred))
     auc, best, pred = max(scored, key=lambda s: s[0])
     chosen = max(scored, key=lambda s: s[1].data.metrics["best_val_f1"])
+    val = [s[1].data.metrics["best_val_f1"] for s in scored]
+    from scipy.stats import spearmanr  # can the validation set tell the grid's configurations apart at all?
+
+    rho = spearmanr(val, [s[0] for s in scored]).statistic
     name = lambda r: f"freeze_to k={r.data.params['k']} lr={float(r.data.params['lr']):.0e}"  # noqa: E731
     return {"trials": len(runs), "grid_keep": str(Path(grid["results"]).parent.parent), "oracle": name(best), "oracle_auc": auc, "labels": pred["labels"], "probs": pred["probs"],
             "oracle_point": {"k": int(best.data.params["k"]), "lr": float(best.data.params["lr"])},
-            "grid_answer": name(chosen[1]), "grid_answer_auc": chosen[0]}
+            "grid_answer": name(chosen[1]), "grid_answer_auc": chosen[0],
+            "oracle_val_rank": 1 + sum(v > best.data.metrics["best_val_f1"] for v in val), "val_test_spearman": float(rho)}
 
 
 def oracle_again(saved: dict, args, keep: Path) -> dict:
@@ -184,7 +195,8 @@ def oracle_again(saved: dict, args, keep: Path) -> dict:
     (trial,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                 if r.data.tags.get(layout.ROLE) == layout.TRIAL and r.data.tags.get(layout.STATE) == "complete"]
     pred = load_arrays(client, trial.info.run_id, layout.TEST_PREDICTIONS)
-    return {**{k: recorded[k] for k in ("trials", "oracle", "oracle_point", "grid_answer", "grid_answer_auc")},
+    return {**{k: recorded[k] for k in ("trials", "oracle", "oracle_point", "grid_answer", "grid_answer_auc",
+                                         "oracle_val_rank", "val_test_spearman") if k in recorded},
             "oracle_auc": stats.point_metrics(pred["labels"], pred["probs"])["auc"], "oracle_auc_saved": recorded["oracle_auc"],
             "grid_keep": str(keep), "labels": pred["labels"], "probs": pred["probs"]}
 
@@ -263,6 +275,8 @@ def report(data: dict) -> str:
              + (f"; trained again on {data['oracle_date']}, {truth['oracle_auc_saved']:.3f} on one seed in the grid's run"
                 if "oracle_auc_saved" in truth else "") + "); the grid's own "
              f"answer {truth['grid_answer']} (AUC {truth['grid_answer_auc']:.3f})"
+             + (f"; on validation F1 the oracle ranks {truth['oracle_val_rank']} of {truth['trials']}, and the grid's trials' "
+                f"validation F1 and test AUC correlate at Spearman {truth['val_test_spearman']:.2f}" if "val_test_spearman" in truth else "")
              + "".join(f"; searches with {k} = {v}" for k, v in data.get("changes", {}).items()), "",
              "| mode | seed | wall time | answer | test AUC (mean over seeds) | oracle - answer [95% CI] | p | tied | grid / search |",
              "|---|---|---|---|---|---|---|---|---|"]

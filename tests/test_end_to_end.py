@@ -133,6 +133,9 @@ def test_leaderboard_and_recommend_read_back_the_suites_own_metric_and_every_dat
     code, out, _ = cli("recommend", *base)
     (rec,) = json.loads(out)
     assert rec["chosen_on"]["metric"] == "val_loss" and rec["model_run_id"] == rows[0]["run_id"]
+    assert rec["chosen_on"]["images"] == 12  # the tiny split's validation images: 6 per class
+    code, out, _ = cli("recommend", "--results-dir", str(results))
+    assert "chosen on validation loss" in out and "on 12 validation images." in " ".join(out.split())
     code, out, _ = cli("leaderboard", "--results-dir", str(results))
     assert code == 0 and "by val loss" in " ".join(out.split())
     code, out, _ = cli("leaderboard", "--suite", "other", *base)

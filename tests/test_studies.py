@@ -3,6 +3,8 @@ marked, left out of every count and give their grid point back."""
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -103,6 +105,35 @@ def test_every_process_continues_the_search_instead_of_replaying_it(tmp_path, ki
     optuna.create_study(study_name="s", storage=f"sqlite:///{again}")
     optuna.load_study(study_name="s", storage=f"sqlite:///{again}", sampler=make_sampler(suite)).optimize(objective, n_trials=3)
     assert [t.params for t in optuna.load_study(study_name="s", storage=f"sqlite:///{again}").trials] == [t.params for t in trials[:3]]
+
+
+def test_startup_trials_is_where_tpe_stops_drawing_at_random_and_reads_back_from_the_recorded_toml(tmp_path):
+    """The same seeded search with TPE's default startup (10 random trials) and with startup_trials = 3: the
+    first 3 trials are the same random draws, from the 4th on TPE models the results and proposes others."""
+    import tomllib
+    from pathlib import Path
+
+    from freezebench.suite.config import Choice, Range, Suite, parse_config, suite_toml
+    from freezebench.suite.search import make_sampler
+
+    def objective(trial):
+        trial.suggest_categorical("strategy", ["a", "b", "c"])
+        return -abs(math.log10(trial.suggest_float("lr", 1e-4, 1e-1, log=True)) + 2)
+
+    proposed = {}
+    for startup in (None, 3):
+        suite = Suite("s", (), (), {"strategy": Choice(("a", "b", "c")), "lr": Range(1e-4, 1e-1, log=True)},
+                      seed=5, startup_trials=startup)
+        study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / f'{startup}.db'}",
+                                    sampler=make_sampler(suite), direction="maximize")
+        study.optimize(objective, n_trials=6)
+        proposed[startup] = [t.params for t in study.trials]
+    assert proposed[3][:3] == proposed[None][:3]
+    assert all(a != b for a, b in zip(proposed[3][3:], proposed[None][3:]))
+    config = tmp_path / "again.toml"
+    text = suite_toml(Suite("s", (), (), {"strategy": "full", "lr": 0.01}, startup_trials=3)).replace("backbones = []", 'backbones = ["mobilenetv2_100"]').replace("datasets = []", 'datasets = ["breastmnist"]')
+    again = parse_config(tomllib.loads(text), Path(config), {}).suites["s"]
+    assert again.startup_trials == 3
 
 
 def test_optuna_alone_replays_a_seeded_search(tmp_path):

@@ -50,6 +50,7 @@ NOTE = "mlflow.note.content"
 # artifacts
 FREEZE_PLAN = "freeze_plan.json"
 TRIAL_CONFIG = "trial_config.json"
+SPLIT_COUNTS = "split_counts"  # a study run's param: images per split and class, as a Python dict literal
 UNFREEZE_EVENTS = "unfreeze_events.json"
 OUTPUTS_MANIFEST = "outputs.json"  # what each output artifact is: title, section, in_report
 TEST_PREDICTIONS = "test_predictions.npz"

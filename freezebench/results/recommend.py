@@ -25,6 +25,7 @@ class Recommendation:
     metric: str
     best: dict  # the study's first leaderboard row (run_id, strategy, strategy_params, lr, ..., frozen, seeds)
     n_test: int = 0
+    n_val: int | None = None  # validation images of the study's split (None: not recorded)
     intervals: dict[str, stats.Interval] = field(default_factory=dict)
     comparisons: dict[str, stats.Comparison] = field(default_factory=dict)  # reference strategy -> best minus it
     references: dict[str, dict] = field(default_factory=dict)  # reference strategy -> its best row
@@ -58,6 +59,8 @@ class Recommendation:
         val = b[f"val_{self.metric}"]
         chosen = (f"chosen on mean validation {self.metric} {val:.3f} ±{b[f'val_{self.metric}_std']:.3f} over {b['seeds']} seeds"
                   if b.get("confirmed") else f"chosen on validation {self.metric} {val:.3f} (one seed: not confirmed)")
+        if self.n_val is not None:
+            chosen += f", on {self.n_val} validation images"
         fold = layout.fold_of(self.study)
         where = f"{self.dataset} x {self.backbone}" + (f", fold {fold[1]}" if fold else "")
         out = [f"Recommended for {where}: {what} ({frozen_text}), lr {b['lr']:.2g}, "
@@ -113,7 +116,7 @@ class Recommendation:
         return {
             "study": self.study, "dataset": self.dataset, "backbone": self.backbone,
             "configuration": {k: b.get(k) for k in CONFIGURATION_KEYS},
-            "chosen_on": {"metric": f"val_{metric}", "mean": b[f"val_{metric}"], "std": b.get(f"val_{metric}_std"),
+            "chosen_on": {"metric": f"val_{metric}", "images": self.n_val, "mean": b[f"val_{metric}"], "std": b.get(f"val_{metric}_std"),
                           "seeds": b.get("seeds", 1), "confirmed": bool(b.get("confirmed"))},
             "test": {"images": self.n_test, **{m: _interval(i) for m, i in self.intervals.items()}},
             "degenerate": self.degenerate,
@@ -181,6 +184,17 @@ def _intervals(row: dict) -> dict[str, stats.Interval]:
     return {m: stats.Interval(row[f"test_{m}"], *row[f"test_{m}_ci"]) for m in stats.INTERVAL_METRICS}
 
 
+def _validation_images(client, experiment_id: str, study: str) -> int | None:
+    """How many validation images the study chose on (its run's split counts); None when not recorded."""
+    import ast
+
+    runs = client.search_runs([experiment_id], layout.where(layout.STUDY, study=study), max_results=1)
+    try:
+        return sum(ast.literal_eval(runs[0].data.params[layout.SPLIT_COUNTS])["val"].values())
+    except (IndexError, KeyError, ValueError, SyntaxError, TypeError, AttributeError):  # none recorded, or no val split
+        return None
+
+
 def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, rows: list[dict] | None = None,
               predictions: Predictions | None = None) -> Recommendation | None:
     """The study's recommendation, from what MLflow recorded; None when no trial finished. ``rows``: the
@@ -196,7 +210,8 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
     best = rows[0]
     # vs_first compares with the dataset leaderboard's first row: it speaks for this study only when that row is its best
     better = [r for r in rows[1:] if r.get("vs_first") == "better"] if best.get("rank") == 1 else []
-    rec = Recommendation(study, dataset, best["backbone"], metric, best, better=better)
+    rec = Recommendation(study, dataset, best["backbone"], metric, best, better=better,
+                         n_val=_validation_images(client, experiment_id, study))
     mine = predictions.row(best)
     if mine is None:
         return rec

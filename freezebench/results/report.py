@@ -174,7 +174,7 @@ def _provenance(tracker: Tracker, parent) -> str:
     p, t = parent.data.params, parent.data.tags
     toml_text = _suite_toml(tracker, parent)
     facts = [("protocol", t.get(layout.tag("protocol"), "-")), ("split hash", p.get("split_hash", "-")),
-             ("images per split and class", _counts(p.get("split_counts", "-"))), ("leak audit", t.get(layout.tag("leaks"), "-")),
+             ("images per split and class", _counts(p.get(layout.SPLIT_COUNTS, "-"))), ("leak audit", t.get(layout.tag("leaks"), "-")),
              ("leaks allowed", t.get(layout.tag("leaks_allowed"), "-")), ("dataset source", p.get("dataset_source", "-")),
              ("units", p.get("units_block", "-")),
              ("versions", ", ".join(f"{k.removeprefix(layout.tag('')).removesuffix('_version')} {v}" for k, v in sorted(t.items())

@@ -112,6 +112,7 @@ class Suite:
     n_trials: int = 10
     metric: str = "f1"
     sampler: str = "tpe"
+    startup_trials: int | None = None  # tpe: trials drawn at random before it models the results; None: Optuna's 10
     pruner: str = "none"  # load_config fills in default_pruner(sampler) when a suite does not say
     seed: int = 0
     description: str = ""
@@ -134,7 +135,7 @@ class Config:
         return self.suites[name]
 
 
-SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
+SUITE_KEYS = {"description", "datasets", "backbones", "n_trials", "metric", "sampler", "startup_trials", "pruner", "prune_on", "seed",
               "params", "data_root", "confirm", "analyses"}
 
 
@@ -215,6 +216,14 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         ctx.fail(f"{key}.seed", f"must be an integer >= 0, got {seed!r}")
+    startup = raw.get("startup_trials")
+    if startup is not None:
+        if not isinstance(startup, int) or isinstance(startup, bool) or startup < 1:
+            ctx.fail(f"{key}.startup_trials", f"must be an integer >= 1 (trials drawn at random before TPE models the "
+                                              f"results), got {startup!r}")
+        if raw.get("sampler", Suite.sampler) != "tpe":
+            ctx.fail(f"{key}.startup_trials", f"applies to the tpe sampler only (this suite's sampler is "
+                                              f"{raw.get('sampler')!r}): remove it")
     for k, allowed in (("metric", METRICS), ("sampler", SAMPLERS), ("pruner", PRUNERS), ("prune_on", ("loss", "metric")),
                        ("analyses", ANALYSES)):
         if k in raw and raw[k] not in allowed:
@@ -248,6 +257,7 @@ def _parse_suite(ctx: _Ctx, name: str, raw: dict, strategy_params: dict[str, str
         n_trials=n_trials,
         metric=raw.get("metric", "f1"),
         sampler=raw.get("sampler", Suite.sampler),
+        startup_trials=startup,
         pruner=raw.get("pruner", default_pruner(raw.get("sampler", Suite.sampler))),
         seed=seed,
         data_root=_optional_str(ctx, f"{key}.data_root", raw.get("data_root")),
@@ -450,6 +460,7 @@ def suite_toml(suite: Suite) -> str:
              *(f"{k} = {_toml(getattr(suite, k))}" for k in ("n_trials", "metric", "sampler", "pruner", "prune_on", "seed",
                                                                 "analyses")),
              *([f"data_root = {_toml(suite.data_root)}"] if suite.data_root else []),
+             *([f"startup_trials = {suite.startup_trials}"] if suite.startup_trials is not None else []),
              "confirm = " + (_toml({"top": c.top, "references": c.references, "seeds": c.seeds, "resplit": c.resplit,
                                     "ensemble": c.ensemble})
                             if c.enabled else "false"),

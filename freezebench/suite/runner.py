@@ -161,7 +161,7 @@ def run_study(plan: StudyPlan, stores: Stores, tracker: Tracker, reporter: Repor
         "analyses": suite.analyses,
         "seed": suite.seed, **{f"units_{g}": ", ".join(u) for g, u in plan.units.items()},
         "search_space": repr(suite.params), "dataset_source": plan.dataset.source,
-        "split_hash": plan.dataset.split_hash(), "split_counts": repr(plan.dataset.counts()),
+        "split_hash": plan.dataset.split_hash(), layout.SPLIT_COUNTS: repr(plan.dataset.counts()),
     }
     study, parent = open_study(
         plan.name, stores.optuna_url, make_sampler(suite, strategies, n_units), make_pruner(suite), direction(metric),

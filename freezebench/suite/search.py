@@ -100,7 +100,8 @@ def make_sampler(suite: Suite, strategies: Registry | None = None, n_units: dict
     def make(seed: int) -> optuna.samplers.BaseSampler:
         if suite.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+        startup = {} if suite.startup_trials is None else {"n_startup_trials": suite.startup_trials}
+        return optuna.samplers.TPESampler(seed=seed, **startup)
 
     return TrialSeeded(make, suite.seed)
 
