@@ -222,6 +222,7 @@ def test_a_results_dir_with_url_characters_in_its_name_keeps_every_store_and_art
     code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
     assert code == 0, err
     assert [p.name for p in tmp_path.iterdir()] == [base.name]  # nothing at a decoded or cut-off name beside it
+    assert _hint(out, "Browse every run: ") == ["freezebench", "ui", "--results-dir", str(results)]  # pasted, it works
     assert {"optuna.db", "mlflow.db", "mlartifacts"} <= {p.name for p in results.iterdir()}
     assert not list(results.glob("*.creating"))
     code, out, err = cli("leaderboard", "--dataset", "tinybreast", "--json", "--results-dir", str(results))
@@ -231,3 +232,16 @@ def test_a_results_dir_with_url_characters_in_its_name_keeps_every_store_and_art
 
     logged = {p.name for p in (results / "mlartifacts").rglob("*") if p.is_file()}
     assert TRIAL_CONFIG in logged, sorted(logged)
+    code, out, err = cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(base / "model"))
+    assert code == 0, err
+    assert _hint(out, "Use it: ") == ["freezebench", "predict", "--model", str(base / "model"), "IMAGES..."]
+    code, _, err = cli("report", "--suite", "my suite", "--results-dir", str(results), "--out", str(base / "report"))
+    assert code == 2 and "(freezebench run --suite 'my suite')" in " ".join(err.split())
+
+
+def _hint(out: str, prefix: str) -> list[str]:
+    """The command a printed hint gives, as the shell would split it."""
+    import shlex
+
+    (line,) = [line for line in out.splitlines() if line.startswith(prefix)]
+    return shlex.split(line.removeprefix(prefix))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from ..errors import UserError
@@ -141,7 +143,7 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
             version = _register(tracker, register, run)
         console.print(styled("Registered as ", (f"{register} version {version.version}", "bold"),
                              f" in the MLflow Model Registry (source {version.source})"), highlight=False, soft_wrap=True)
-    console.print(styled("Use it: ", (f"freezebench predict --model {target} IMAGES...", "bold")), highlight=False, soft_wrap=True)
+    console.print(styled("Use it: ", (f"freezebench predict --model {shlex.quote(str(target))} IMAGES...", "bold")), highlight=False, soft_wrap=True)
 
 
 def _register(tracker, name: str, run, folder: str | None = None, described=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from .console import console, styled
@@ -111,7 +113,7 @@ def run(suite, config_path, n_trials, allow_leaks, results_dir, storage, trackin
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
     for label in dict.fromkeys(s.dataset for s in summaries):
         print_leaderboard(tracker, label, metric, suite=suite, limit=10)
-    console.print(styled("Browse every run: ", ("freezebench ui", "bold"), f" --results-dir {results_dir}" if results_dir else ""))
+    console.print(styled("Browse every run: ", ("freezebench ui", "bold"), f" --results-dir {shlex.quote(str(results_dir))}" if results_dir else ""))
 
 
 def _compute_note(params: dict) -> str:

@@ -17,6 +17,7 @@ import base64
 import functools
 import html
 import io
+import shlex
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -203,7 +204,7 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
         for parent in client.search_runs([exp.experiment_id], layout.where(layout.STUDY, suite=suite)):
             studies.append((exp, parent))
     if not studies:
-        raise UserError(f"No results for suite {suite!r} in {tracker.tracking_uri}: run it first (freezebench run --suite {suite}).")
+        raise UserError(f"No results for suite {suite!r} in {tracker.tracking_uri}: run it first (freezebench run --suite {shlex.quote(suite)}).")
     studies.sort(key=lambda sp: sp[1].data.tags.get(layout.STUDY_NAME, ""))
     metrics = {exp.name: layout.objective_metric(parent.data.tags) for exp, parent in studies}
 
