@@ -93,12 +93,15 @@ def test_confirmation_is_on_by_default_and_configurable():
     assert parse("{ top = 0, seeds = [7, 8] }") == Confirm(top=0, references=True, seeds=(7, 8))
     assert parse("{ top = 5, references = false, seeds = 1 }") == Confirm(5, False, 1)
     assert parse("{ seeds = 2, resplit = true }") == Confirm(seeds=2, resplit=True)
+    assert parse('{ seeds = 4, resplit = "folds" }') == Confirm(seeds=4, resplit="folds")
     assert parse(None).ensemble and parse("{ ensemble = false }") == Confirm(ensemble=False)
 
 
 @pytest.mark.parametrize("line, expected", [
     ("true", "suites.s.confirm: must be a table { top = 3, references = true, seeds = 2, resplit = false, ensemble = true }, or false"),
-    ("{ resplit = 1 }", "suites.s.confirm.resplit: must be true or false"),
+    ("{ resplit = 1 }", "suites.s.confirm.resplit: must be true (draw the training and validation images again"),
+    ("{ resplit = 'fold' }", "suites.s.confirm.resplit: must be true (draw the training and validation images again for each "
+                             "extra seed), false, or \"folds\" (each extra seed validates on another fold of the training images), got 'fold'"),
     ("{ ensemble = 'all' }", "suites.s.confirm.ensemble: must be true or false"),
     ("{ top = -1 }", "suites.s.confirm.top: must be an integer >= 0"),
     ("{ seeds = 0 }", "suites.s.confirm.seeds: must be a count of extra seeds (>= 1) or a list of seeds"),
@@ -261,3 +264,35 @@ def test_resplit_confirmation_scores_each_seed_on_other_validation_images_and_th
     code, text, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
     first = json.loads(text)[0]
     assert first["run_id"] == source_id and first["seeds"] == 3 and first["test_auc_ci"][0] <= first["test_auc"]
+
+
+def test_folds_confirmation_validates_each_seed_on_another_fold_of_the_training_images(tmp_path, tiny_npz, cli):
+    """resplit = "folds" with as many seeds as folds (the tiny split: 24 training images, 12 validation: 2 folds):
+    the configuration's three runs validate on three disjoint sets, together every train+val image once."""
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='["linear_probe"]', n_trials=2,
+                         confirm='{ top = 1, references = false, seeds = 2, resplit = "folds" }')
+    results = tmp_path / "results"
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
+    assert code == 0, err
+    client, confirms = _runs(results, "confirm")
+    (source_id,) = {r.data.tags["freezebench.confirm_of"] for r in confirms}
+    source = client.get_run(source_id)
+    assert sorted(r.data.params["validation_fold"] for r in confirms) == ["0", "1"]
+    assert all(r.data.params["resplit"] == "folds" for r in confirms)
+    hashes = {r.data.params["split_hash"] for r in confirms} | {source.data.params["split_hash"]}
+    assert len(hashes) == 3
+    code, text, _ = cli("leaderboard", "--dataset", "tinybreast", "--results-dir", str(results), "--json")
+    first = json.loads(text)[0]
+    assert first["run_id"] == source_id and first["seeds"] == 3
+
+
+def test_folds_that_the_training_subjects_cannot_make_are_refused_before_anything_is_recorded(tmp_path, tiny_npz, cli):
+    few = tmp_path / "few.npz"  # every training image a copy of a validation image: no fold can be cut apart from them
+    with np.load(tiny_npz) as npz:
+        arrays = dict(npz)
+    arrays["train_images"], arrays["train_labels"] = arrays["val_images"].copy(), arrays["val_labels"].copy()
+    np.savez(few, **arrays)
+    config = write_suite(tmp_path / "bench.toml", few, confirm='{ top = 1, resplit = "folds" }')
+    code, _, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(tmp_path / "results"))
+    assert code == 2 and "suites.tiny.datasets[0]" in err and "too few training subjects" in " ".join(err.split())
+    assert not (tmp_path / "results" / "mlflow.db").exists()

@@ -244,3 +244,47 @@ def test_a_resplit_draws_train_and_val_again_and_keeps_test_and_subjects_whole()
     assert one.split_hash() not in (ds.split_hash(), other.split_hash())
     image_level = resplit(ds, [0, 1], level="image")  # a leaky protocol's resplit draws images, not subjects
     assert any(len(set(image_level.split[ds.groups == g])) > 1 for g in np.unique(ds.groups))
+
+
+def test_validation_folds_cut_the_training_subjects_into_disjoint_validation_sized_folds_and_keep_test_whole():
+    """confirm.resplit = "folds": the folds, with the search's own validation set, cover train+val once."""
+    from freezebench.suite.protocols import fold_resplit, validation_folds
+
+    ds = _subjects_dataset()
+    folds = validation_folds(ds, 0)
+    n_train, n_val = int((ds.split == "train").sum()), int((ds.split == "val").sum())
+    assert len(folds) == max(2, round(n_train / n_val))
+    every = np.concatenate(folds)
+    assert len(every) == len(set(every.tolist())) and set(every.tolist()) == set(np.flatnonzero(ds.split == "train").tolist())
+    assert all(len(f) <= 2 * n_val for f in folds)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, validation_folds(ds, 0)))  # seeded
+    for i, fold in enumerate(folds):
+        r = fold_resplit(ds, folds, i)
+        assert np.array_equal(r.split == "test", ds.split == "test")
+        assert set(np.flatnonzero(r.split == "val").tolist()) == set(fold.tolist())
+        assert np.array_equal(r.split == "train", (ds.split != "test") & (r.split != "val"))  # the search's val trains here
+        assert set(ds.labels[fold].tolist()) == {0, 1}  # stratified: both classes in each fold
+        for g in np.unique(ds.groups):
+            assert len(set(r.split[ds.groups == g])) == 1
+    assert np.array_equal(fold_resplit(ds, folds, len(folds)).split, fold_resplit(ds, folds, 0).split)  # more seeds: again
+
+
+def test_validation_folds_leave_a_subject_that_is_also_in_validation_in_training():
+    """An official split may put one subject's images (or near-duplicates) on both sides: such a group is never
+    cut into a fold, so a fold's validation images never have a sibling in its training set."""
+    from freezebench.suite.protocols import fold_resplit, validation_folds
+
+    ds = _subjects_dataset()
+    val_subject = ds.groups[np.flatnonzero(ds.split == "val")[0]]
+    train_image = np.flatnonzero(ds.split == "train")[0]
+    groups = np.array(ds.groups, dtype=object)
+    groups[train_image] = val_subject  # one training image of a validation subject
+    import dataclasses
+
+    shared = dataclasses.replace(ds, groups=groups)
+    folds = validation_folds(shared, 0)
+    assert train_image not in set(np.concatenate(folds).tolist())
+    for i in range(len(folds)):
+        r = fold_resplit(shared, folds, i)
+        for g in set(groups[r.split == "val"].tolist()):
+            assert set(r.split[groups == g]) == {"val"}

@@ -76,9 +76,12 @@ class Confirm:
     """The confirmation set: after the search, these configurations are trained again with other seeds and
     ranked by their mean. ``top`` best trials on validation, plus (``references``) the best trial of each
     strategy searched (linear probing and full fine-tuning among them when searched). ``seeds`` extra seeds:
-    a count (the first integers other than the trial's own seed) or the seeds themselves. ``resplit``: each
-    extra seed also draws the training and validation images again from their pool (the test images stay),
-    so the mean is over several validation sets, not one (``protocols.resplit``). ``ensemble``: every re-run
+    a count (the first integers other than the trial's own seed) or the seeds themselves. ``resplit``: true,
+    each extra seed also draws the training and validation images again from their pool (the test images
+    stay), so the mean is over several validation sets, not one (``protocols.resplit``); ``"folds"``, the i-th
+    extra seed validates on the i-th of the training images' disjoint folds of the validation set's size, and
+    trains on the rest of train+val (``protocols.fold_resplit``): with as many seeds as folds, inner
+    cross-validation over train+val. ``ensemble``: every re-run
     keeps its trained model (as does every search trial that could still be confirmed,
     ``confirmation.keeps_model``), so that the recommended configuration's seeds can be exported and used
     as one model (their class probabilities averaged); false keeps one model per configuration."""
@@ -86,7 +89,7 @@ class Confirm:
     top: int = 3
     references: bool = True
     seeds: int | tuple[int, ...] = 2
-    resplit: bool = False
+    resplit: bool | str = False  # or RESPLIT_FOLDS
     ensemble: bool = True
 
     @property
@@ -101,6 +104,7 @@ class Confirm:
 
 
 OFF = Confirm(top=0, references=False, seeds=0)
+RESPLIT_FOLDS = "folds"  # confirm.resplit: the extra seeds validate on disjoint folds of the training images
 
 
 @dataclass(frozen=True)
@@ -296,8 +300,10 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
         ctx.fail(f"{key}.top", f"must be an integer >= 0 (0: only the references), got {top!r}")
     if not isinstance(references, bool):
         ctx.fail(f"{key}.references", f"must be true or false, got {references!r}")
-    if not isinstance(resplit, bool):
-        ctx.fail(f"{key}.resplit", f"must be true or false (draw the validation images again for each extra seed), got {resplit!r}")
+    if not isinstance(resplit, bool) and resplit != RESPLIT_FOLDS:
+        ctx.fail(f"{key}.resplit", f"must be true (draw the training and validation images again for each extra seed), "
+                                   f"false, or \"{RESPLIT_FOLDS}\" (each extra seed validates on another fold of the "
+                                   f"training images), got {resplit!r}")
     if not isinstance(ensemble, bool):
         ctx.fail(f"{key}.ensemble", f"must be true or false (keep every seed's trained model), got {ensemble!r}")
     if isinstance(seeds, list):

@@ -21,9 +21,9 @@ from ..records import DEFAULTS
 from ..results import layout
 from ..strategy import parse_window
 from ..weights import is_url
-from .config import BackboneRef, Choice, Config, DatasetRef, Range, Suite
+from .config import RESPLIT_FOLDS, BackboneRef, Choice, Config, DatasetRef, Range, Suite
 from .leakage import LeakReport
-from .protocols import PROTOCOL_KEYS, SplitProtocol, apply_protocol
+from .protocols import PROTOCOL_KEYS, SplitProtocol, apply_protocol, validation_folds
 
 
 @dataclass
@@ -131,6 +131,11 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
         for fold in folds:
             p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
             split, report = _split(dataset, p, load_external, key)
+            if suite.confirm.enabled and suite.confirm.resplit == RESPLIT_FOLDS:  # refused now, not after the search
+                try:
+                    validation_folds(split, p.seed, p.level)
+                except UserError as exc:
+                    raise UserError(f"{key}: {exc}") from None
             allowed = allow_leaks or protocol.allow_leaks
             blocking = report.subjects or report.protocol or (report.duplicates and split.split_source != "given")
             label = ref.label + (f"/fold{fold}" if fold is not None and protocol.split == "kfold" else "")

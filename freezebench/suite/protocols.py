@@ -127,6 +127,13 @@ def kfold_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int, v
     return split
 
 
+def _pool_groups(ds: ImageDataset, pool: np.ndarray, level: str) -> np.ndarray:
+    """Group ids of the images at ``pool``: subjects and near-duplicates whole (``level = "subject"``), else one each."""
+    if level == "subject":
+        return duplicate_groups(take(ds.images, pool), np.asarray(ds.groups).astype(str)[pool])
+    return np.array([f"i{i}" for i in pool])
+
+
 def resplit(ds: ImageDataset, seed: int, level: str = "subject") -> ImageDataset:
     """The dataset with its training and validation images drawn again (``seed``), its test images
     untouched: the same number of validation images per class as far as whole groups allow, subjects
@@ -135,14 +142,46 @@ def resplit(ds: ImageDataset, seed: int, level: str = "subject") -> ImageDataset
     not one validation set's luck (``confirm.resplit``)."""
     pool = np.flatnonzero(ds.split != "test")
     labels = ds.labels[pool]
-    if level == "subject":
-        groups = duplicate_groups(take(ds.images, pool), np.asarray(ds.groups).astype(str)[pool])
-    else:
-        groups = np.array([f"i{i}" for i in pool])
+    groups = _pool_groups(ds, pool, level)
     share = float((ds.split[pool] == "val").mean())
     inner = ratio_split(labels, groups, (1.0 - share, share, 0.0), seed)
     split = np.array(ds.split, copy=True)
     split[pool] = inner
+    return dataclasses.replace(ds, split=split, split_source="made")
+
+
+def validation_folds(ds: ImageDataset, seed: int, level: str = "subject") -> list[np.ndarray]:
+    """The training images cut into disjoint folds of about the validation set's size (image indices into
+    ``ds``), stratified by class (scikit-learn's ``StratifiedGroupKFold``): ``fold_resplit`` validates on one
+    of them. Groups with an image in the validation set stay out of every fold (in training), so no
+    subject or near-duplicate is ever on both sides of a fold's split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = np.flatnonzero(ds.split != "test")
+    groups = _pool_groups(ds, pool, level)
+    in_val = set(groups[ds.split[pool] == "val"].tolist())
+    eligible = np.array([ds.split[i] == "train" and g not in in_val for i, g in zip(pool, groups)], dtype=bool)
+    n_val = max(1, int((ds.split == "val").sum()))
+    parts = max(2, round(int(eligible.sum()) / n_val))
+    parts = min(parts, len(set(groups[eligible].tolist())))
+    if parts < 2:
+        raise UserError(f"Dataset {ds.name!r}: too few training subjects to cut validation folds from "
+                        f"(confirm.resplit = \"folds\"): {parts} outside the validation set's subjects and its images' "
+                        "near-duplicates. Use resplit = true or false.")
+    splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
+    index = pool[eligible]
+    return [index[held] for _, held in splitter.split(np.zeros(len(index)), ds.labels[index], groups[eligible])]
+
+
+def fold_resplit(ds: ImageDataset, folds: list[np.ndarray], fold: int) -> ImageDataset:
+    """The dataset validated on ``folds[fold % len(folds)]`` (``validation_folds``) and trained on every other
+    training or validation image; the test images untouched (``confirm.resplit = "folds"``). With as many
+    re-runs as folds, a configuration's runs together validate on every image of train+val once (but training
+    images grouped with a validation image, usually none): inner cross-validation, the search's own
+    validation set being one of its folds."""
+    split = np.array(ds.split, copy=True)
+    split[split == "val"] = "train"
+    split[folds[fold % len(folds)]] = "val"
     return dataclasses.replace(ds, split=split, split_source="made")
 
 

@@ -28,10 +28,10 @@ from ..results.figures import test_figures
 from ..results.leaderboard import store as store_leaderboard
 from ..results.tracking import Tracker
 from ..strategy import REFERENCES
-from .config import suite_toml
+from .config import RESPLIT_FOLDS, suite_toml
 from .confirmation import Candidate, keeps_model, members
 from .preparation import PreparedSuite, StudyPlan
-from .protocols import resplit
+from .protocols import fold_resplit, resplit, validation_folds
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
 from .studies import (AMOUNTS_ATTR, CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
@@ -354,14 +354,23 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
                   for t in study.trials if t.state.name == "COMPLETE" and (run_id := runs[t.number]) in found]
     chosen = members(candidates, suite.confirm, study.direction.name == "MAXIMIZE")
     strategies = plugins.strategies()
-    splits: dict[int, object] = {}  # seed -> its dataset (kept alive: the data cache knows datasets by id)
+    splits: dict[object, object] = {}  # seed or fold -> its dataset (kept alive: the data cache knows datasets by id)
+    folds: list = []
 
-    def data_for(seed: int):
+    def data_for(seed: int, own: int) -> tuple[object, int | None]:
+        """The dataset a re-run with ``seed`` trains on, and its validation fold (``resplit = "folds"``)."""
         if not suite.confirm.resplit:
-            return plan.dataset
+            return plan.dataset, None
+        if suite.confirm.resplit == RESPLIT_FOLDS:
+            if not folds:
+                folds.extend(validation_folds(plan.dataset, plan.protocol.seed, plan.protocol.level))
+            fold = suite.confirm.seeds_for(own).index(seed) % len(folds)
+            if ("fold", fold) not in splits:
+                splits["fold", fold] = fold_resplit(plan.dataset, folds, fold)
+            return splits["fold", fold], fold
         if seed not in splits:
             splits[seed] = resplit(plan.dataset, [plan.protocol.seed, seed], plan.protocol.level)
-        return splits[seed]
+        return splits[seed], None
 
     if chosen:
         reporter.note(plan.name, f"confirming {len(chosen)} configuration(s) with extra seeds: "
@@ -379,10 +388,11 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
             tags = {**{k: v for k, v in source.data.tags.items()
                        if k.startswith(layout.tag("")) and k not in (layout.ROLE, layout.MODEL, layout.STATE)},
                     layout.CONFIRM_OF: source.info.run_id, layout.CONFIRM_WHY: why}
-            data = data_for(seed)
+            data, fold = data_for(seed, cfg.seed)
             run_id = tracker.start_trial(experiment_id, parent, f"{source.info.run_name} seed={seed}", tags,
                                          {**run_cfg.as_flat_dict(), "confirm_of": source.info.run_id,
-                                          "split_hash": data.split_hash(), "resplit": suite.confirm.resplit},
+                                          "split_hash": data.split_hash(), "resplit": suite.confirm.resplit,
+                                          **({"validation_fold": fold} if fold is not None else {})},
                                          role=layout.CONFIRM)
             reporter.trial_started(plan.name, candidate.number, run_cfg)
             try:
