@@ -94,6 +94,7 @@ def test_confirmation_is_on_by_default_and_configurable():
     assert parse("{ top = 5, references = false, seeds = 1 }") == Confirm(5, False, 1)
     assert parse("{ seeds = 2, resplit = true }") == Confirm(seeds=2, resplit=True)
     assert parse('{ seeds = 4, resplit = "folds" }') == Confirm(seeds=4, resplit="folds")
+    assert parse('{ seeds = "folds", resplit = "folds" }').seeds_for(0, 5) == (1, 2, 3, 4, 5)
     assert parse(None).ensemble and parse("{ ensemble = false }") == Confirm(ensemble=False)
 
 
@@ -104,6 +105,7 @@ def test_confirmation_is_on_by_default_and_configurable():
                              "extra seed), false, or \"folds\" (each extra seed validates on another fold of the training images), got 'fold'"),
     ("{ ensemble = 'all' }", "suites.s.confirm.ensemble: must be true or false"),
     ("{ top = -1 }", "suites.s.confirm.top: must be an integer >= 0"),
+    ("{ seeds = 'folds' }", 'suites.s.confirm.seeds: "folds" (one extra seed per validation fold) needs resplit = "folds"; got resplit = false'),
     ("{ seeds = 0 }", "suites.s.confirm.seeds: must be a count of extra seeds (>= 1) or a list of seeds"),
     ("{ seeds = [1, 1] }", "suites.s.confirm.seeds: must be a count of extra seeds or a list of distinct integers"),
     ("{ references = 'yes' }", "suites.s.confirm.references: must be true or false"),
@@ -267,10 +269,10 @@ def test_resplit_confirmation_scores_each_seed_on_other_validation_images_and_th
 
 
 def test_folds_confirmation_validates_each_seed_on_another_fold_of_the_training_images(tmp_path, tiny_npz, cli):
-    """resplit = "folds" with as many seeds as folds (the tiny split: 24 training images, 12 validation: 2 folds):
+    """resplit = "folds" with one seed per fold (the tiny split: 24 training images, 12 validation: 2 folds):
     the configuration's three runs validate on three disjoint sets, together every train+val image once."""
     config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='["linear_probe"]', n_trials=2,
-                         confirm='{ top = 1, references = false, seeds = 2, resplit = "folds" }')
+                         confirm='{ top = 1, references = false, seeds = "folds", resplit = "folds" }')
     results = tmp_path / "results"
     code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(results))
     assert code == 0, err

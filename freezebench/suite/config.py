@@ -88,7 +88,7 @@ class Confirm:
 
     top: int = 3
     references: bool = True
-    seeds: int | tuple[int, ...] = 2
+    seeds: int | tuple[int, ...] | str = 2  # or RESPLIT_FOLDS: one per validation fold
     resplit: bool | str = False  # or RESPLIT_FOLDS
     ensemble: bool = True
 
@@ -96,11 +96,15 @@ class Confirm:
     def enabled(self) -> bool:
         return bool(self.top or self.references) and bool(self.seeds)
 
-    def seeds_for(self, own: int) -> tuple[int, ...]:
-        """The extra seeds of a configuration first trained with seed ``own``."""
+    def seeds_for(self, own: int, folds: int | None = None) -> tuple[int, ...]:
+        """The extra seeds of a configuration first trained with seed ``own`` (``seeds = "folds"``: one per
+        validation fold, ``folds`` of them)."""
         if isinstance(self.seeds, tuple):
             return tuple(s for s in self.seeds if s != own)
-        return tuple(s for s in range(self.seeds + 1) if s != own)[: self.seeds]
+        n = self.seeds if isinstance(self.seeds, int) else folds
+        if n is None:
+            raise ValueError('seeds = "folds" needs the number of folds')
+        return tuple(s for s in range(n + 1) if s != own)[:n]
 
 
 OFF = Confirm(top=0, references=False, seeds=0)
@@ -306,7 +310,11 @@ def _confirm(ctx: _Ctx, key: str, value) -> dict:
                                    f"training images), got {resplit!r}")
     if not isinstance(ensemble, bool):
         ctx.fail(f"{key}.ensemble", f"must be true or false (keep every seed's trained model), got {ensemble!r}")
-    if isinstance(seeds, list):
+    if seeds == RESPLIT_FOLDS:
+        if resplit != RESPLIT_FOLDS:
+            ctx.fail(f"{key}.seeds", f"\"{RESPLIT_FOLDS}\" (one extra seed per validation fold) needs resplit = \"{RESPLIT_FOLDS}\"; "
+                                     f"got resplit = {_toml(resplit)}")
+    elif isinstance(seeds, list):
         if not seeds or not all(map(count, seeds)) or len(set(seeds)) != len(seeds):
             ctx.fail(f"{key}.seeds", f"must be a count of extra seeds or a list of distinct integers >= 0, got {seeds!r}")
         seeds = tuple(seeds)

@@ -357,14 +357,19 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
     splits: dict[object, object] = {}  # seed or fold -> its dataset (kept alive: the data cache knows datasets by id)
     folds: list = []
 
+    def fold_count() -> int | None:
+        if suite.confirm.resplit != RESPLIT_FOLDS:
+            return None
+        if not folds:
+            folds.extend(validation_folds(plan.dataset, plan.protocol.seed, plan.protocol.level))
+        return len(folds)
+
     def data_for(seed: int, own: int) -> tuple[object, int | None]:
         """The dataset a re-run with ``seed`` trains on, and its validation fold (``resplit = "folds"``)."""
         if not suite.confirm.resplit:
             return plan.dataset, None
         if suite.confirm.resplit == RESPLIT_FOLDS:
-            if not folds:
-                folds.extend(validation_folds(plan.dataset, plan.protocol.seed, plan.protocol.level))
-            fold = suite.confirm.seeds_for(own).index(seed) % len(folds)
+            fold = suite.confirm.seeds_for(own, fold_count()).index(seed) % fold_count()
             if ("fold", fold) not in splits:
                 splits["fold", fold] = fold_resplit(plan.dataset, folds, fold)
             return splits["fold", fold], fold
@@ -381,7 +386,7 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
         done = tracker.confirm_runs(experiment_id, source.info.run_id)
         has_model = source.data.tags.get(layout.MODEL) == "kept" or any(
             r.data.tags.get(layout.MODEL) == "kept" for r in done.values())
-        for seed in suite.confirm.seeds_for(cfg.seed):
+        for seed in suite.confirm.seeds_for(cfg.seed, fold_count()):
             if seed in done:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
