@@ -101,7 +101,7 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     if run_id is None:
         parent = _study_run(tracker, experiment.experiment_id, dataset, suite, study)
         name = parent.data.tags[layout.STUDY_NAME]
-        rec = recommend(tracker, experiment.experiment_id, name, layout.objective_metric(parent.data.tags))
+        rec = recommend(tracker, experiment.experiment_id, parent, layout.objective_metric(parent.data.tags))
         if rec is None:
             raise UserError(f"Study {name!r} has no finished trial yet.")
         run_id, members = rec.model_run_id, ([] if single else rec.ensemble_run_ids)

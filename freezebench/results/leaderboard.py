@@ -27,13 +27,16 @@ def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
             f"&orderByKey={quote(f'metrics.`{layout.best_val(metric)}`')}&orderByAsc={order}")
 
 
-def experiments_with_results(tracker: Tracker) -> list[tuple[str, str, str]]:
-    """(dataset, experiment id, objective metric) for every dataset experiment in the store."""
-    return [(exp.name, exp.experiment_id, _objective(tracker.client, exp.experiment_id) or "f1")
-            for exp in tracker.client.search_experiments() if exp.name != "Default"]
+def experiments_with_results(tracker: Tracker, suite: str | None = None) -> list[tuple[str, str, str]]:
+    """(dataset, experiment id, objective metric) for every dataset experiment in the store with a study (of
+    ``suite``, when given)."""
+    found = ((exp, _objective(tracker.client, exp.experiment_id, suite)) for exp in tracker.client.search_experiments()
+             if exp.name != "Default")
+    return [(exp.name, exp.experiment_id, metric) for exp, metric in found if metric is not None]
 
 
 def _objective(client, experiment_id: str, suite: str | None = None) -> str | None:
+    """The metric the studies of an experiment (of ``suite``) chose on; None when it has no study."""
     studies = client.search_runs([experiment_id], layout.where(layout.STUDY, suite=suite), max_results=1)
     return layout.objective_metric(studies[0].data.tags) if studies else None
 
@@ -47,11 +50,7 @@ def boards(tracker: Tracker, dataset: str | None = None, metric: str | None = No
         exp = tracker.client.get_experiment_by_name(dataset)
         chosen = _objective(tracker.client, exp.experiment_id, suite) if exp is not None else None
         return [(dataset, metric or chosen or "f1")]  # an unknown dataset: leaderboard() names the ones there are
-    found = []
-    for exp in tracker.client.search_experiments():
-        if exp.name != "Default" and (chosen := _objective(tracker.client, exp.experiment_id, suite)) is not None:
-            found.append((exp.name, metric or chosen))
-    return found
+    return [(name, metric or chosen) for name, _, chosen in experiments_with_results(tracker, suite)]
 
 
 def typed(value: str | None):

@@ -184,22 +184,23 @@ def _intervals(row: dict) -> dict[str, stats.Interval]:
     return {m: stats.Interval(row[f"test_{m}"], *row[f"test_{m}_ci"]) for m in stats.INTERVAL_METRICS}
 
 
-def _validation_images(client, experiment_id: str, study: str) -> int | None:
+def _validation_images(study_params: dict) -> int | None:
     """How many validation images the study chose on (its run's split counts); None when not recorded."""
     import ast
 
-    runs = client.search_runs([experiment_id], layout.where(layout.STUDY, study=study), max_results=1)
     try:
-        return sum(ast.literal_eval(runs[0].data.params[layout.SPLIT_COUNTS])["val"].values())
-    except (IndexError, KeyError, ValueError, SyntaxError, TypeError, AttributeError):  # none recorded, or no val split
+        return sum(ast.literal_eval(study_params[layout.SPLIT_COUNTS])["val"].values())
+    except (KeyError, ValueError, SyntaxError, TypeError, AttributeError):  # none recorded, or no val split
         return None
 
 
-def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, rows: list[dict] | None = None,
+def recommend(tracker: Tracker, experiment_id: str, study_run, metric: str, rows: list[dict] | None = None,
               predictions: Predictions | None = None) -> Recommendation | None:
-    """The study's recommendation, from what MLflow recorded; None when no trial finished. ``rows``: the
-    dataset's leaderboard when the caller has it (with its evidence: the intervals are not computed again)."""
+    """The recommendation of the study whose MLflow run is ``study_run``, from what MLflow recorded; None when no
+    trial finished. ``rows``: the dataset's leaderboard when the caller has it (with its evidence: the intervals
+    are not computed again)."""
     client = tracker.client
+    study = study_run.data.tags[layout.STUDY_NAME]
     dataset = client.get_experiment(experiment_id).name
     if rows is None:
         rows = leaderboard(tracker, dataset, metric, study=study, evidence=False)
@@ -211,7 +212,7 @@ def recommend(tracker: Tracker, experiment_id: str, study: str, metric: str, row
     # vs_first compares with the dataset leaderboard's first row: it speaks for this study only when that row is its best
     better = [r for r in rows[1:] if r.get("vs_first") == "better"] if best.get("rank") == 1 else []
     rec = Recommendation(study, dataset, best["backbone"], metric, best, better=better,
-                         n_val=_validation_images(client, experiment_id, study))
+                         n_val=_validation_images(study_run.data.params))
     mine = predictions.row(best)
     if mine is None:
         return rec
@@ -276,7 +277,7 @@ def recommendations(tracker: Tracker, dataset: str, metric: str, suite: str | No
     predictions = predictions or Predictions(tracker.client)
     out = []
     for parent in sorted(parents, key=lambda r: r.data.tags.get(layout.STUDY_NAME, "")):
-        rec = recommend(tracker, exp.experiment_id, parent.data.tags[layout.STUDY_NAME], metric, rows, predictions)
+        rec = recommend(tracker, exp.experiment_id, parent, metric, rows, predictions)
         if rec is not None:
             out.append(rec)
     return out

@@ -37,6 +37,7 @@ class StudyPlan:
     protocol: SplitProtocol = field(default_factory=SplitProtocol)
     leaks: LeakReport = field(default_factory=LeakReport)
     fold: int | None = None
+    validation_folds: list | None = None  # confirm.resplit = "folds": the folds its confirmation validates on
 
     @property
     def name(self) -> str:
@@ -131,9 +132,10 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
         for fold in folds:
             p = dataclasses.replace(protocol, fold=fold) if fold is not None else protocol
             split, report = _split(dataset, p, load_external, key)
+            vfolds = None
             if suite.confirm.enabled and suite.confirm.resplit == RESPLIT_FOLDS:  # refused now, not after the search
                 try:
-                    validation_folds(split, p.seed, p.level)
+                    vfolds = validation_folds(split, p.seed, p.level)
                 except UserError as exc:
                     raise UserError(f"{key}: {exc}") from None
             allowed = allow_leaks or protocol.allow_leaks
@@ -148,7 +150,7 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
             if not report.clean:
                 report.allowed = bool(blocking and allowed)
                 prepared.audits.append((label, report, bool(allowed)))
-            datasets.append((ref, split, p, report, fold if protocol.split == "kfold" else None))
+            datasets.append((ref, split, p, report, fold if protocol.split == "kfold" else None, vfolds))
 
     backbones = []
     for ref in suite.backbones:
@@ -177,8 +179,8 @@ def prepare_suite(config: Config, suite_name: str, allow_leaks: bool = False) ->
         backbones.append((ref, bspec, units))
 
     prepared.studies = [
-        StudyPlan(suite, dref, ds, bref, bspec, units, protocol, report, fold)
-        for dref, ds, protocol, report, fold in datasets
+        StudyPlan(suite, dref, ds, bref, bspec, units, protocol, report, fold, vfolds)
+        for dref, ds, protocol, report, fold, vfolds in datasets
         for bref, bspec, units in backbones
     ]
     if not prepared.studies:

@@ -31,7 +31,7 @@ from ..strategy import REFERENCES
 from .config import RESPLIT_FOLDS, suite_toml
 from .confirmation import Candidate, keeps_model, members
 from .preparation import PreparedSuite, StudyPlan
-from .protocols import fold_resplit, resplit, validation_folds
+from .protocols import fold_resplit, resplit
 from .search import direction, grid_size, make_pruner, make_sampler, suggest_config
 from .stores import Stores
 from .studies import (AMOUNTS_ATTR, CASE_ATTR, REPEAT_ATTR, REPEAT_LIMIT, SETTINGS_ATTR, StopAtTrials, claims_slot, earlier_with, fail_stale,
@@ -355,21 +355,15 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
     chosen = members(candidates, suite.confirm, study.direction.name == "MAXIMIZE")
     strategies = plugins.strategies()
     splits: dict[object, object] = {}  # seed or fold -> its dataset (kept alive: the data cache knows datasets by id)
-    folds: list = []
-
-    def fold_count() -> int | None:
-        if suite.confirm.resplit != RESPLIT_FOLDS:
-            return None
-        if not folds:
-            folds.extend(validation_folds(plan.dataset, plan.protocol.seed, plan.protocol.level))
-        return len(folds)
+    folds = plan.validation_folds  # made (and checked) while preparing, with resplit = "folds"
+    n_folds = len(folds) if folds else None
 
     def data_for(seed: int, own: int) -> tuple[object, int | None]:
         """The dataset a re-run with ``seed`` trains on, and its validation fold (``resplit = "folds"``)."""
         if not suite.confirm.resplit:
             return plan.dataset, None
         if suite.confirm.resplit == RESPLIT_FOLDS:
-            fold = suite.confirm.seeds_for(own, fold_count()).index(seed) % fold_count()
+            fold = suite.confirm.seeds_for(own, n_folds).index(seed) % n_folds
             if ("fold", fold) not in splits:
                 splits["fold", fold] = fold_resplit(plan.dataset, folds, fold)
             return splits["fold", fold], fold
@@ -386,7 +380,7 @@ def confirm_set(study, plan: StudyPlan, suite, tracker, experiment_id: str, pare
         done = tracker.confirm_runs(experiment_id, source.info.run_id)
         has_model = source.data.tags.get(layout.MODEL) == "kept" or any(
             r.data.tags.get(layout.MODEL) == "kept" for r in done.values())
-        for seed in suite.confirm.seeds_for(cfg.seed, fold_count()):
+        for seed in suite.confirm.seeds_for(cfg.seed, n_folds):
             if seed in done:
                 continue
             run_cfg = dataclasses.replace(cfg, seed=seed)
