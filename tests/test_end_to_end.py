@@ -141,6 +141,17 @@ def test_leaderboard_and_recommend_read_back_the_suites_own_metric_and_every_dat
     code, out, _ = cli("leaderboard", "--suite", "other", *base)
     assert code == 0 and json.loads(out) == []
 
+    other = write_suite(tmp_path / "other.toml", tiny_npz, n_trials=1)  # a second dataset in the same store
+    other.write_text(other.read_text().replace('alias = "tinybreast"', 'alias = "tinybreast2"'))
+    assert cli("run", "--suite", "tiny", "--config", str(other), "--results-dir", str(results))[0] == 0
+    code, out, _ = cli("leaderboard", *base)
+    assert code == 0 and [r["dataset"] for r in json.loads(out)] == ["tinybreast"] * 3 + ["tinybreast2"]
+    code, out, _ = cli("recommend", *base)
+    assert [(r["dataset"], r["chosen_on"]["metric"]) for r in json.loads(out)] == [("tinybreast", "val_loss"),
+                                                                                  ("tinybreast2", "val_f1")]
+    code, _, err = cli("export", "--results-dir", str(results), "--out", str(tmp_path / "model"))
+    assert code == 2 and "tinybreast, tinybreast2" in err and "--dataset" in err and not (tmp_path / "model").exists()
+
 
 def test_rerun_resumes_without_repeating_and_extends(finished_suite, cli):
     config, results, _ = finished_suite

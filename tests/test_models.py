@@ -73,6 +73,9 @@ def test_export_writes_the_recommended_model_and_it_predicts_what_the_trial_logg
     client, runs = _trials(results)
     best = max(runs, key=lambda r: (r.data.metrics["best_val_f1"], -r.info.start_time))  # the leaderboard's first row
     assert manifest["run_id"] == best.info.run_id and manifest["classes"] == ["0", "1"]
+    code, _, err = cli("export", "--results-dir", str(results), "--out", str(tmp / "exported-default"))
+    assert code == 0, err  # the store's only dataset, when none is named
+    assert json.loads((tmp / "exported-default" / "freezebench-model.json").read_text())["run_id"] == best.info.run_id
     card = (out / "MODEL.md").read_text()
     assert "Recommended for tinybreast" in card and "95% CI" in card and "freezebench predict --model" in card
 
@@ -132,9 +135,13 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
         assert code == 2 and "did not keep its trained model" in " ".join(err.split()) and not (tmp_path / "n").exists()
     code, _, err = cli("export", "--dataset", "nosuch", "--results-dir", str(results), "--out", str(tmp_path / "m"))
     assert code == 2 and "No results for dataset 'nosuch'" in err
+    code, _, err = cli("export", "--suite", "nosuch", "--results-dir", str(results), "--out", str(tmp_path / "m"))
+    assert code == 2 and "No study" in err and "'nosuch'" in err and not (tmp_path / "m").exists()
 
     good = tmp_path / "good"
     assert cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(good))[0] == 0
+    code, _, err = cli("predict", "--model", str(good), "")  # not the current folder
+    assert code == 2 and "empty IMAGES argument" in err
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "missing.png"))
     assert code == 2 and "missing.png does not exist" in err
     (tmp_path / "bad.png").write_bytes(b"not an image")

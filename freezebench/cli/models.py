@@ -24,6 +24,22 @@ def _study_run(tracker, experiment_id: str, dataset: str, suite: str | None, stu
     return runs[0]
 
 
+def _experiment(tracker, dataset: str | None, suite: str | None, where: str):
+    """The MLflow experiment of ``dataset``; without one, the store's only dataset with a study (of ``suite``)."""
+    from ..results.leaderboard import experiments_with_results
+
+    if dataset is not None:
+        experiment = tracker.client.get_experiment_by_name(dataset)
+        if experiment is None:
+            raise UserError(f"No results for dataset {dataset!r} in {where}.")
+        return experiment
+    found = [name for name, _, _ in experiments_with_results(tracker, suite)]
+    if len(found) != 1:
+        raise UserError(f"No study in {where}" + (f" of suite {suite!r}" if suite else "") + "." if not found else
+                        f"The store holds studies of {len(found)} datasets: {', '.join(found)}. Choose one with --dataset.")
+    return tracker.client.get_experiment_by_name(found[0])
+
+
 def _card(rec, manifest: dict) -> str:
     """MODEL.md: what the model is, how it was chosen, how well it does (with intervals), how to use it."""
     lines = [f"# {manifest['backbone']} for {manifest.get('dataset', '?')}: {', '.join(manifest['classes'])}", ""]
@@ -63,7 +79,7 @@ def _fetch(tracker, run_ids: list[str], staging, rec) -> "Path":
 
 
 @click.command("export")
-@click.option("--dataset", required=True, help="Dataset name (the MLflow experiment).")
+@click.option("--dataset", help="Dataset name (the MLflow experiment); needed when the store holds several.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="New folder for the model.")
 @click.option("--suite", help="Only studies of this suite.")
 @click.option("--study", help="The study, when the dataset has several (one per backbone).")
@@ -72,7 +88,7 @@ def _fetch(tracker, run_ids: list[str], staging, rec) -> "Path":
 @click.option("--register", "register", metavar="NAME", help="Also register it in the MLflow Model Registry as NAME.")
 @store_options
 def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir, storage, tracking_uri):
-    """Export the recommended configuration's trained model of DATASET to a folder: safetensors weights,
+    """Export the recommended configuration's trained model of DATASET (the store's only dataset when not given) to a folder: safetensors weights,
     a manifest, and a model card with its test metrics and their 95% intervals. When the configuration was
     confirmed with its seeds' models kept (confirm.ensemble, the default), the folder holds them all as one
     ensemble (their probabilities averaged); --single exports one of them."""
@@ -94,11 +110,10 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     if not stores.exists():
         raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
     tracker = Tracker(stores.tracking_uri, stores.artifact_root)
-    experiment = tracker.client.get_experiment_by_name(dataset)
-    if experiment is None:
-        raise UserError(f"No results for dataset {dataset!r} in {stores.tracking_uri}.")
     rec, parent, members = None, None, []
     if run_id is None:
+        experiment = _experiment(tracker, dataset, suite, stores.tracking_uri)
+        dataset = experiment.name
         parent = _study_run(tracker, experiment.experiment_id, dataset, suite, study)
         name = parent.data.tags[layout.STUDY_NAME]
         rec = recommend(tracker, experiment.experiment_id, parent, layout.objective_metric(parent.data.tags))
@@ -220,6 +235,8 @@ def predict_cmd(model_dir, images, out, as_json):
     from ..engine.saved import load_model
     from ..imagefiles import read_images
 
+    if any(not item.strip() for item in images):  # Path("") would be the current folder
+        raise UserError("An empty IMAGES argument: name image files, folders or CSV files.")
     files = [f for item in map(Path, images) for f in _image_files(item)]
     saved = load_model(model_dir)
     probs, batch = [], []

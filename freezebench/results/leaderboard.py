@@ -29,10 +29,10 @@ def ui_runs_url(base: str, experiment_id: str, metric: str = "f1") -> str:
 
 def experiments_with_results(tracker: Tracker, suite: str | None = None) -> list[tuple[str, str, str]]:
     """(dataset, experiment id, objective metric) for every dataset experiment in the store with a study (of
-    ``suite``, when given)."""
+    ``suite``, when given), by dataset name."""
     found = ((exp, _objective(tracker.client, exp.experiment_id, suite)) for exp in tracker.client.search_experiments()
              if exp.name != "Default")
-    return [(exp.name, exp.experiment_id, metric) for exp, metric in found if metric is not None]
+    return sorted((exp.name, exp.experiment_id, metric) for exp, metric in found if metric is not None)
 
 
 def _objective(client, experiment_id: str, suite: str | None = None) -> str | None:
