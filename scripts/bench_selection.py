@@ -86,8 +86,8 @@ def main() -> None:
             out.append({"seed": seed, **_picks(results, args.dataset, args.metric)})
             if args.json:  # after each search: a stopped benchmark keeps what it measured
                 args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print(f"| search seed | single-split pick (val) | its test AUC: one run / mean of its seeds | confirmed pick (mean val) | "
-          f"its test AUC, mean of seeds [95% CI] |\n|---|---|---|---|---|")
+    print("| search seed | single-split pick (val) | its test AUC: one run / mean of its seeds | confirmed pick (mean val) | "
+          "its test AUC, mean of seeds [95% CI] |\n|---|---|---|---|---|")
     for r in out:
         s, c = r["single"], r["confirmed"]
         mean = f"{s['test_auc_seed_mean']:.3f}" if s["test_auc_seed_mean"] is not None else "-"

@@ -242,7 +242,7 @@ def test_the_leaderboard_ranks_confirmed_configurations_by_their_mean(confirmed,
 
     (rec,) = recommendations(Tracker(f"sqlite:///{results / 'mlflow.db'}"), "tinybreast", "f1")
     assert rec.best["run_id"] == rows[0]["run_id"] and rec.model_run_id in [rows[0]["run_id"], *rows[0]["seed_run_ids"]]
-    assert f"over 2 seeds" in " ".join(out.split()) and "mean of 2 seeds" in " ".join(out.split())
+    assert "over 2 seeds" in " ".join(out.split()) and "mean of 2 seeds" in " ".join(out.split())
 
 
 def test_resplit_confirmation_scores_each_seed_on_other_validation_images_and_the_same_test_images(tmp_path, tiny_npz, cli):

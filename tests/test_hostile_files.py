@@ -245,3 +245,42 @@ def _hint(out: str, prefix: str) -> list[str]:
 
     (line,) = [line for line in out.splitlines() if line.startswith(prefix)]
     return shlex.split(line.removeprefix(prefix))
+
+
+def test_a_results_dir_moved_or_copied_reads_and_writes_its_own_artifacts(cli, tmp_path, tiny_npz):
+    """MLflow records artifact locations as absolute URIs: a moved results dir read none of its test predictions
+    (recommend said "no test predictions recorded", export failed with a traceback), and a copy read, and a
+    resumed run wrote, the original's. The first command on the moved or copied folder points them into it."""
+    import json
+    import shutil
+
+    from .conftest import write_suite
+
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"linear_probe"', n_trials=2)
+    first = tmp_path / "first"
+    assert cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(first))[0] == 0
+    code, out, _ = cli("recommend", "--json", "--results-dir", str(first))
+    (before,) = json.loads(out)
+    assert code == 0 and before["test"]["auc"]["low"] < before["test"]["auc"]["high"]
+
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    code, out, err = cli("recommend", "--json", "--results-dir", str(moved))
+    assert code == 0 and json.loads(out) == [before]  # the same test intervals, read from the moved folder
+    assert f"moved or copied from {first}" in " ".join(err.split())
+    code, out, err = cli("recommend", "--json", "--results-dir", str(moved))
+    assert code == 0 and "moved" not in err  # once
+    code, _, err = cli("export", "--results-dir", str(moved), "--out", str(tmp_path / "model"))
+    assert code == 0, err
+
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    originals = sorted(p.relative_to(moved) for p in (moved / "mlartifacts").rglob("*"))
+    code, out, err = cli("run", "--suite", "tiny", "--config", str(config), "--results-dir", str(copy), "--n-trials", "3")
+    assert code == 0, err
+    assert f"moved or copied from {moved}" in " ".join(out.split())
+    assert sorted(p.relative_to(moved) for p in (moved / "mlartifacts").rglob("*")) == originals  # the original untouched
+    assert len(list((copy / "mlartifacts").rglob("*"))) > len(originals)  # the third trial logged into the copy
+    code, out, _ = cli("leaderboard", "--json", "--results-dir", str(copy))
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 3 and all(r["test_auc_ci"] for r in rows) and all(r["vs_first"] for r in rows[1:])

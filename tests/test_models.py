@@ -138,6 +138,22 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     code, _, err = cli("export", "--suite", "nosuch", "--results-dir", str(results), "--out", str(tmp_path / "m"))
     assert code == 2 and "No study" in err and "'nosuch'" in err and not (tmp_path / "m").exists()
 
+    import collections
+    import shutil
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    with pytest.MonkeyPatch.context() as patch:  # a disk with 1 kB free: said before anything is fetched
+        patch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
+        code, _, err = cli("export", "--results-dir", str(results), "--out", str(tmp_path / "small" / "m"))
+    assert code == 1 and "has 0.0 MB free" in " ".join(err.split()) and not list((tmp_path / "small").iterdir())
+    gone = tmp_path / "gone"
+    shutil.copytree(results, gone)
+    for folder in (gone / "mlartifacts").rglob("model"):
+        shutil.rmtree(folder)
+    code, _, err = cli("export", "--results-dir", str(gone), "--out", str(tmp_path / "m"))
+    assert code == 2 and "are not in its artifact store" in " ".join(err.split()) and not (tmp_path / "m").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]  # no staging folder left beside it
+
     good = tmp_path / "good"
     assert cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(good))[0] == 0
     code, _, err = cli("predict", "--model", str(good), "")  # not the current folder

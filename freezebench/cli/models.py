@@ -8,7 +8,7 @@ import click
 
 from ..errors import UserError
 from .console import console, plain, print_json, styled
-from .options import store_options
+from .options import open_results, store_options
 
 
 def _study_run(tracker, experiment_id: str, dataset: str, suite: str | None, study: str | None):
@@ -60,13 +60,35 @@ def _card(rec, manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _fetch(tracker, run_ids: list[str], staging, rec) -> "Path":
+def _fetch(tracker, run_ids: list[str], staging, rec):
     """The model folder of one run, or an ensemble folder of several (``seed-N/`` each), fetched into ``staging``."""
     from ..engine.saved import save_ensemble
     from ..results import layout
 
+    import shutil
+
+    from mlflow.exceptions import MlflowException
+
+    from ..errors import StoreFault
+
+    listed = {run_id: tracker.client.list_artifacts(run_id, layout.MODEL_FOLDER) for run_id in run_ids}
+    for run_id, files in listed.items():
+        if not files:
+            run = tracker.client.get_run(run_id)
+            raise UserError(f"The model files of run {run_id} ({run.info.run_name}) are not in its artifact store "
+                            f"{run.info.artifact_uri}/{layout.MODEL_FOLDER}: they were deleted, or mlartifacts/ was "
+                            "moved apart from mlflow.db. Put them back, or run the suite again to retrain them.")
+    needed, free = sum(f.file_size or 0 for files in listed.values() for f in files), shutil.disk_usage(staging).free
+    if needed > free:
+        raise StoreFault(f"The model needs {needed / 1e6:.1f} MB and {staging.parent} has {free / 1e6:.1f} MB free: "
+                         "free some space, or pass another --out.")
     for i, run_id in enumerate(run_ids):
-        tracker.client.download_artifacts(run_id, layout.MODEL_FOLDER, str(staging / f"fetch-{i}"))
+        try:
+            tracker.client.download_artifacts(run_id, layout.MODEL_FOLDER, str(staging / f"fetch-{i}"))
+        except MlflowException as exc:  # MLflow keeps only its own message: the disk filled meanwhile, or a read failed
+            raise StoreFault(f"Could not copy the model files of run {run_id} into {staging.parent} ({exc.message}; "
+                             f"{shutil.disk_usage(staging).free / 1e6:.1f} MB free there). Nothing was written; fix the "
+                             "cause, then run the same command again.") from None
     if len(run_ids) == 1:
         return staging / "fetch-0" / layout.MODEL_FOLDER
     folder, names = staging / "ensemble", []
@@ -99,17 +121,11 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
 
     from ..results import layout
     from ..results.recommend import recommend
-    from ..results.tracking import Tracker
-    from ..suite.stores import Stores
 
     target = Path(out).resolve()
     if target.exists() and any(target.iterdir()):
         raise UserError(f"{target} exists and is not empty: name a new folder with --out.")
-    stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
-    if not stores.exists():
-        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
-    tracker = Tracker(stores.tracking_uri, stores.artifact_root)
+    stores, tracker = open_results(results_dir, storage, tracking_uri)
     rec, parent, members = None, None, []
     if run_id is None:
         experiment = _experiment(tracker, dataset, suite, stores.tracking_uri)

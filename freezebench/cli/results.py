@@ -8,7 +8,7 @@ import click
 
 from ..errors import UserError
 from .console import console, err_console, plain, print_json
-from .options import store_options
+from .options import open_results, store_options
 
 
 def _fmt(column: str, v) -> str:
@@ -181,15 +181,7 @@ def recommend_cmd(dataset, metric, suite, as_json, results_dir, storage, trackin
 
 
 def _tracker(results_dir, storage, tracking_uri):
-    """The results store's tracker, or a clear error when there is none yet."""
-    from ..results.tracking import Tracker
-    from ..suite.stores import Stores
-
-    stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
-    if not stores.exists():
-        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
-    return Tracker(stores.tracking_uri, stores.artifact_root)
+    return open_results(results_dir, storage, tracking_uri)[1]
 
 
 def ui_command(stores, port: int) -> list[str]:
@@ -268,25 +260,17 @@ def serve(cmd: list[str]) -> int:
 @store_options
 def ui_cmd(port, results_dir, storage, tracking_uri):
     """Start the MLflow UI on the local results store, bound to 127.0.0.1."""
-    from ..suite.stores import Stores
-
-    stores = Stores.resolve(results_dir, storage, tracking_uri)
-    stores.check()
-    if not stores.local_tracking:
-        raise UserError(f"{stores.tracking_uri} is a tracking server already: open it in a browser.")
-    if not stores.exists():
-        raise UserError(f"No results store at {stores.tracking_uri}. Run a suite first (freezebench run --suite quick).")
+    stores, tracker = open_results(results_dir, storage, tracking_uri, local_only=True)
     if port == 0:
         port = free_port()
     elif port_in_use(port):
         raise UserError(f"Port {port} on 127.0.0.1 is in use (another MLflow UI or server?). Pass --port N, "
                         "or --port 0 to pick a free one.")
     from ..results.leaderboard import experiments_with_results, ui_runs_url
-    from ..results.tracking import Tracker
 
     base = f"http://127.0.0.1:{port}"
     console.print(f"MLflow UI for {stores.results_dir} at {base}/#/experiments (Ctrl-C to stop)", highlight=False, soft_wrap=True, markup=False)
-    for dataset, exp_id, metric in experiments_with_results(Tracker(stores.tracking_uri, stores.artifact_root)):
+    for dataset, exp_id, metric in experiments_with_results(tracker):
         console.print(f"  {dataset} leaderboard: {ui_runs_url(base, exp_id, metric)}", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     code = serve(ui_command(stores, port))

@@ -66,7 +66,7 @@ class RichReporter:
         self.progress.console.print(f"  trial {number} {state} {shown}", highlight=False, markup=False)
 
     def note(self, study, message):
-        self.progress.console.print(f"{study}: {message}", highlight=False, markup=False, soft_wrap=True)
+        self.progress.console.print(f"{study}: {message}" if study else message, highlight=False, markup=False, soft_wrap=True)
 
     def study_ended(self, summary):
         if self.trial_task is not None:
@@ -145,7 +145,7 @@ class LineReporter:
         print(f"{study}: trial {number} {state} {'' if value is None else f'{value:.4f}'} {reason}".rstrip(), flush=True)
 
     def note(self, study, message):
-        print(f"{study}: {message}", flush=True)
+        print(f"{study}: {message}" if study else message, flush=True)
 
     def study_ended(self, summary):
         print(f"{summary.study}: {summary.counts}", flush=True)

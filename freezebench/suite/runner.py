@@ -447,6 +447,9 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
                                 lambda uri: Tracker(uri, stores.artifact_root).client.search_experiments(max_results=1))
             tracker = Tracker(stores.tracking_uri, stores.artifact_root)
             tracker.client.search_experiments(max_results=1)
+            moved = stores.relocate_artifacts()  # a moved results dir: its runs' artifacts stay in it
+            if moved:
+                reporter.note("", moved)
         except Exception as exc:  # a damaged SQLite file, a half-finished migration, a server that refuses
             if fault_of(exc):
                 raise StoreFault(f"Cannot write the MLflow store {stores.tracking_uri}: {fault_of(exc)}. Nothing was "

@@ -148,8 +148,49 @@ class Stores:
         finally:
             side.unlink(missing_ok=True)
 
+    def relocate_artifacts(self) -> str | None:
+        """A results dir moved or copied: MLflow records each artifact location as an absolute URI, so its runs
+        would still read (and a resumed run write) artifacts in the old folder, or find none there. When this
+        folder holds ``mlartifacts/`` and ``mlflow.db`` names another one, point every location into this
+        folder (experiments, runs, registered model versions, logged models). Returns what was done, or None."""
+        import sqlite3
+        from urllib.parse import unquote, urlparse
+
+        from ..errors import UserError
+
+        db = sqlite_file(self.tracking_uri) if self.local_tracking else None
+        here = self.results_dir / "mlartifacts"
+        if db is None or self.artifact_root is None or db != self.results_dir / "mlflow.db" or not db.is_file() or not here.is_dir():
+            return None  # a tracking DB named by hand, or nothing moved along: the locations are the user's own
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            try:
+                recorded = {loc.rsplit("/", 1)[0] for (loc,) in con.execute("SELECT artifact_location FROM experiments") if loc}
+            except sqlite3.Error:
+                return None  # no schema yet (or a damaged file: named by check())
+            old = sorted(r for r in recorded if r.startswith("file://") and r.endswith("/mlartifacts") and r != self.artifact_root)
+            if not old:
+                return None
+            columns = {t: {row[1] for row in con.execute(f"PRAGMA table_info({t})")} for t in _ARTIFACT_COLUMNS}
+            try:
+                with con:  # one transaction: every location moves, or none
+                    for prefix in old:
+                        for table, names in _ARTIFACT_COLUMNS.items():
+                            for name in names & columns[table]:
+                                con.execute(f"UPDATE {table} SET {name} = ? || substr({name}, ?) WHERE substr({name}, 1, ?) = ?",
+                                            (self.artifact_root + "/", len(prefix) + 2, len(prefix) + 1, prefix + "/"))
+            except sqlite3.OperationalError as exc:
+                raise UserError(f"{db} records its artifacts in {', '.join(unquote(urlparse(p).path) for p in old)}, not in "
+                                f"{here} beside it (the folder was moved or copied), and cannot be updated ({exc}). Make it "
+                                "writable, then run the command again.") from None
+        return (f"This results dir was moved or copied from {', '.join(str(Path(unquote(urlparse(p).path)).parent) for p in old)}: "
+                f"its artifact locations now point into {here}.")
+
     def exists(self) -> bool:
         return not self.local_tracking or sqlite_file(self.tracking_uri).is_file()
+
+
+_ARTIFACT_COLUMNS = {"experiments": {"artifact_location"}, "runs": {"artifact_uri"},
+                     "model_versions": {"source", "storage_location"}, "logged_models": {"artifact_location"}}
 
 
 def sqlite_url(path: Path) -> str:
