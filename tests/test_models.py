@@ -154,8 +154,21 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     assert code == 2 and "are not in its artifact store" in " ".join(err.split()) and not (tmp_path / "m").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]  # no staging folder left beside it
 
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    for command in (("export",), ("report", "--suite", "tiny")):  # an --out through a file: named before any work
+        code, _, err = cli(*command, "--results-dir", str(results), "--out", str(blocker / "x"))
+        assert code == 2 and f"--out {blocker / 'x'} cannot be made: {blocker} is a file" in " ".join(err.split())
+    assert blocker.read_text() == "a file"
+
     good = tmp_path / "good"
     assert cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(good))[0] == 0
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "one.png")
+    code, _, err = cli("predict", "--model", str(good), str(tmp_path / "one.png"), "--out", str(blocker / "p.csv"))
+    assert code == 2 and f"{blocker} is a file" in " ".join(err.split())
+    code, _, err = cli("predict", "--model", str(good), str(tmp_path / "one.png"), "--out", str(tmp_path / "new" / "p.csv"))
+    assert code == 0 and (tmp_path / "new" / "p.csv").read_text().count("\n") == 2  # its folder made; header and row
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["p.csv"]
     code, _, err = cli("predict", "--model", str(good), "")  # not the current folder
     assert code == 2 and "empty IMAGES argument" in err
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "missing.png"))
@@ -185,3 +198,19 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     assert code == 2 and "the file was changed or damaged" in " ".join(err.split())
     code, _, err = cli("predict", "--model", str(tmp_path), str(tmp_path / "ok.png"))
     assert code == 2 and "is not a freezebench model folder" in " ".join(err.split())
+
+
+def test_two_exports_into_one_folder_at_once_leave_one_whole_model(study, tmp_path):
+    """Both see an empty --out and fetch; the second to finish must not fail with a traceback (rmdir of the
+    first's folder) nor mix its files in: one exits 0, the other 2 naming the folder, and the folder loads."""
+    from freezebench.engine.saved import load_model
+
+    _, results = study
+    target = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "freezebench", "export", "--results-dir", str(results), "--out", str(target)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "Traceback" not in outcomes[1][1] and str(target) in " ".join(outcomes[1][1].split())
+    assert load_model(target).classes == ["0", "1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no staging folder left

@@ -114,6 +114,7 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     a manifest, and a model card with its test metrics and their 95% intervals. When the configuration was
     confirmed with its seeds' models kept (confirm.ensemble, the default), the folder holds them all as one
     ensemble (their probabilities averaged); --single exports one of them."""
+    import errno
     import os
     import shutil
     import tempfile
@@ -122,9 +123,12 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     from ..results import layout
     from ..results.recommend import recommend
 
+    from ..writable import check_writable
+
     target = Path(out).resolve()
     if target.exists() and any(target.iterdir()):
         raise UserError(f"{target} exists and is not empty: name a new folder with --out.")
+    check_writable(target, f"--out {out}", "Name a folder you can write to.")
     stores, tracker = open_results(results_dir, storage, tracking_uri)
     rec, parent, members = None, None, []
     if run_id is None:
@@ -157,9 +161,15 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
 
         saved = load_model(folder)  # the weights' hashes and the manifests are checked; it must load
         (folder / "MODEL.md").write_text(_card(rec, saved.manifest), encoding="utf-8")
-        if target.exists():
-            target.rmdir()
-        os.replace(folder, target)
+        try:
+            if target.exists():
+                target.rmdir()
+            os.replace(folder, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise UserError(f"{target} was filled by another process during the export: name a new folder with "
+                            "--out.") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     what = (f"{run.info.run_name} and its other seeds ({len(members)} models, one ensemble)" if members
@@ -253,6 +263,10 @@ def predict_cmd(model_dir, images, out, as_json):
 
     if any(not item.strip() for item in images):  # Path("") would be the current folder
         raise UserError("An empty IMAGES argument: name image files, folders or CSV files.")
+    if out:
+        from ..writable import check_writable
+
+        check_writable(Path(out), f"--out {out}", "Name a file in a folder you can write to.")
     files = [f for item in map(Path, images) for f in _image_files(item)]
     saved = load_model(model_dir)
     probs, batch = [], []
@@ -266,12 +280,16 @@ def predict_cmd(model_dir, images, out, as_json):
     rows = [{"file": str(f), "predicted": classes[int(p.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
             for f, p in zip(files, probs)]
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{out}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
+        try:  # whole or not at all
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     if as_json:
         print_json(rows)
         return

@@ -18,6 +18,9 @@ def report_cmd(suite, out_dir, results_dir, storage, tracking_uri):
     """Write one self-contained HTML file for SUITE: leaderboards, studies, figures, configuration."""
     from ..results.report import build_report
 
+    from ..writable import check_writable
+
+    check_writable(Path(out_dir), f"--out {out_dir}", "Name a folder you can write to.")
     _, tracker = open_results(results_dir, storage, tracking_uri)
     path = build_report(tracker, suite, Path(out_dir))
     console.print(f"Report: {path.resolve()}", highlight=False, soft_wrap=True, markup=False)

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..writable import check_writable
+
 DEFAULT_RESULTS = "freezebench-results"
 _SCHEMES = {"--storage": ("sqlite", "postgresql", "mysql", "oracle", "mssql"),
             "--tracking-uri": ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")}
@@ -69,16 +71,8 @@ class Stores:
 
         if not (self.optuna_url.startswith("sqlite:") or self.local_tracking):
             return
-        folder = self.results_dir
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise UserError(f"The results dir {self.results_dir} cannot be made: {folder} is a file, not a folder. "
-                            "Pass --results-dir with another path.")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            what = "The results dir" if folder == self.results_dir else f"The results dir {self.results_dir} cannot be made: its folder"
-            raise UserError(f"{what} {folder} is not writable (read-only, or owned by another user). Pass --results-dir "
-                            "with a folder you can write to, or set FREEZEBENCH_RESULTS.")
+        check_writable(self.results_dir, f"The results dir {self.results_dir}",
+                       "Pass --results-dir with a folder you can write to, or set FREEZEBENCH_RESULTS.")
         for url in (self.optuna_url, self.tracking_uri):
             path = sqlite_file(url)
             if path is not None and path.is_file() and not os.access(path, os.W_OK):
