@@ -177,3 +177,21 @@ def test_every_trial_parameter_is_documented():
 
     text = (ROOT / "docs" / "configuration.md").read_text()
     assert [name for name in CORE_PARAMS if f"| `{name}` |" not in text] == []
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read_and_one_saved_as_utf16_is_named(tmp_path, tiny_npz):
+    """Windows editors save UTF-8 with a byte-order mark, which tomllib reads as an "Invalid statement" at
+    line 1; and Notepad's "Unicode" is UTF-16."""
+    from freezebench import plugins
+    from freezebench.errors import UserError
+    from freezebench.suite.config import load_config
+
+    declared = {p.name: e.name for e in plugins.strategies().entries() for p in e.obj.params}
+    text = _valid(tiny_npz).replace("n_trials = 1", "n_trials = 3")
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_config(bom, declared).suite("tiny").n_trials == 3
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text(text, encoding="utf-16")
+    with pytest.raises(UserError, match=r"utf16.toml: saved as UTF-16 .* Save it again as UTF-8"):
+        load_config(utf16, declared)

@@ -167,8 +167,11 @@ def load_config(path: str | Path | None = None, strategy_params: dict[str, str] 
     path = Path(path) if path is not None else default_config_path()
     if not path.is_file():
         raise UserError(f"Config file not found: {path}. Pass --config PATH or create benchmarks.toml.")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: saved as UTF-16 (Windows \"Unicode\"); TOML is UTF-8. Save it again as UTF-8.")
+    try:  # a UTF-8 byte-order mark (Windows editors write one) is read past, not as TOML
+        data = tomllib.loads(raw.decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
