@@ -190,10 +190,11 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_orphans(target: Path) -> None:
-    """Remove the temporary files a killed writer of ``target`` left (``<target>.<pid>.tmp*``): those of a
-    process that is gone and untouched for ``ORPHAN_AGE_S`` (a writer on another machine sharing the
-    cache keeps writing, so its file stays young). Without this, each kill -9 mid-write leaks a file the
+    """Remove the temporary files (or folders) a killed writer of ``target`` left (``<target>.<pid>.tmp*``):
+    those of a process that is gone and untouched for ``ORPHAN_AGE_S`` (a writer on another machine sharing
+    the cache keeps writing, so its file stays young). Without this, each kill -9 mid-write leaks a file the
     size of the entry."""
+    import shutil
     import time
 
     for tmp in target.parent.glob(f"{target.name}.*.tmp*"):
@@ -201,7 +202,7 @@ def sweep_orphans(target: Path) -> None:
         with contextlib.suppress(OSError):
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and \
                     time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S:
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
 
 
 class _NpyOut:

@@ -152,7 +152,7 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
         shutil.rmtree(folder)
     code, _, err = cli("export", "--results-dir", str(gone), "--out", str(tmp_path / "m"))
     assert code == 2 and "are not in its artifact store" in " ".join(err.split()) and not (tmp_path / "m").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]  # no staging folder left beside it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("m.")]  # no staging folder left beside it
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
@@ -162,7 +162,13 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     assert blocker.read_text() == "a file"
 
     good = tmp_path / "good"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"good.{int(dead.stdout)}.tmp"  # the staging folder of an export killed (kill -9) long ago
+    (killed / "fetch-0").mkdir(parents=True)
+    (killed / "fetch-0" / "model.safetensors").write_bytes(b"half")
+    os.utime(killed, (0, 0))
     assert cli("export", "--dataset", "tinybreast", "--results-dir", str(results), "--out", str(good))[0] == 0
+    assert not killed.exists()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "one.png")
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "one.png"), "--out", str(blocker / "p.csv"))
     assert code == 2 and f"{blocker} is a file" in " ".join(err.split())

@@ -117,8 +117,9 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     import errno
     import os
     import shutil
-    import tempfile
     from pathlib import Path
+
+    from ..imagefiles import sweep_orphans
 
     from ..results import layout
     from ..results.recommend import recommend
@@ -154,7 +155,10 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
         raise UserError(f"Run {run_id} ({run.info.run_name}) did not keep its trained model: each study keeps the models "
                         "of the trials that were its best when they finished. Export the recommended one (no --run-id).")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sweep_orphans(target)  # the staging folders of exports killed earlier
+    staging = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from an earlier export in it
+    staging.mkdir()
     try:  # fetched and written beside the target, then renamed into place: never half a model folder
         folder = _fetch(tracker, members or [run_id], staging, rec)
         from ..engine.saved import load_model
@@ -259,7 +263,7 @@ def predict_cmd(model_dir, images, out, as_json):
     from rich.table import Table
 
     from ..engine.saved import load_model
-    from ..imagefiles import read_images
+    from ..imagefiles import read_images, sweep_orphans
 
     if any(not item.strip() for item in images):  # Path("") would be the current folder
         raise UserError("An empty IMAGES argument: name image files, folders or CSV files.")
@@ -281,6 +285,7 @@ def predict_cmd(model_dir, images, out, as_json):
             for f, p in zip(files, probs)]
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+        sweep_orphans(Path(out))  # left by a predict killed while writing
         tmp = f"{out}.{os.getpid()}.tmp"
         try:  # whole or not at all
             with open(tmp, "w", newline="", encoding="utf-8") as handle:

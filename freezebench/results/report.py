@@ -267,7 +267,10 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     page = _PAGE.format(suite=html.escape(suite), n=len(studies), answers="\n".join(answers), across=across_html,
                         boards="\n".join(boards), legend=html.escape(VS_FIRST_LEGEND), views="\n".join(views), provenance="\n".join(provenance),
                         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), store=html.escape(tracker.tracking_uri))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # its own: two reports at once each write whole
+    from ..imagefiles import sweep_orphans
+
+    sweep_orphans(path)  # left by a report killed while writing
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # its own: two reports at once each write whole
     try:
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(path)
