@@ -145,3 +145,36 @@ def test_kill_9_mid_study_resumes_without_loss_or_repeats(tmp_path, tiny_npz):
     runs = {r.data.tags["freezebench.optuna_trial"]: r for r in client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")}
     assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["freezebench.state"] == "interrupted"
     assert [runs[n].info.status for n in ("0", "2", "3")] == ["FINISHED"] * 3
+
+
+def test_sigterm_mid_trial_closes_it_as_ctrl_c_does_and_a_rerun_goes_on_at_once(tmp_path, tiny_npz):
+    """A batch scheduler's preemption, `timeout` or `docker stop` sends SIGTERM: the trial running is closed
+    as interrupted and queued, as with Ctrl-C, so the rerun needs no heartbeat grace to pass (set here far
+    longer than the test's timeout) to run it again."""
+    config = write_suite(tmp_path / "bench.toml", tiny_npz, strategy='"full"', n_trials=3)
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 8"))
+    results = tmp_path / "results"
+    env = {**os.environ, "FREEZEBENCH_HEARTBEAT_GRACE": "3600", "COLUMNS": "200"}
+    args = [sys.executable, "-m", "freezebench", "worker", "--suite", "tiny", "--config", str(config), "--results-dir", str(results)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "trial 1 started" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert "Stopped by SIGTERM" in rest and "Traceback" not in rest
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    before = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=storage).trials
+    assert [t.state.name for t in before] == ["COMPLETE", "FAIL", "WAITING"]  # closed and queued, not left RUNNING
+    resumed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = optuna.load_study(study_name="tiny/tinybreast/mobilenetv2_100", storage=storage).trials
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert after[2].params == before[1].params  # the stopped trial's settings ran first, once
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinybreast")
+    runs = {r.data.tags["freezebench.optuna_trial"]: r for r in client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")}
+    assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["freezebench.state"] == "interrupted"
+    assert [runs[n].info.status for n in ("0", "2", "3")] == ["FINISHED"] * 3

@@ -36,12 +36,45 @@ def _register_commands() -> None:
 _register_commands()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a batch scheduler's preemption, ``timeout``, ``docker stop``, a closed terminal),
+    raised where the process is, as Ctrl-C is: the trial running is closed as interrupted and queued again."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum, frame):
+    import signal
+
+    signal.signal(signum, signal.SIG_DFL)  # asked twice: stop at once, without the cleanup
+    raise Terminated(signum)
+
+
+def _on_termination():
+    """Install the SIGTERM/SIGHUP handler (the main thread only); returns the handlers to put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    return {s: signal.signal(s, _terminated) for s in wanted}
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    previous = _on_termination()
     try:
         code = cli.main(args=argv, prog_name="freezebench", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("Interrupted. Finished trials are saved; run the same command again to resume.")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc  # click wraps Ctrl-C as Abort
+        stopped = cause.signum if isinstance(cause, Terminated) else None
+        what = f"Stopped by {signal.Signals(stopped).name}" if stopped else "Interrupted"
+        err_console.print(f"{what}. Finished trials are saved; run the same command again to resume.")
+        sys.exit(128 + stopped if stopped else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -56,4 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "fix the cause (free space, a writable folder), then run the same command again to resume."),
                           highlight=False, soft_wrap=True)
         sys.exit(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     sys.exit(code if isinstance(code, int) else 0)
