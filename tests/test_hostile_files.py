@@ -284,3 +284,13 @@ def test_a_results_dir_moved_or_copied_reads_and_writes_its_own_artifacts(cli, t
     code, out, _ = cli("leaderboard", "--json", "--results-dir", str(copy))
     rows = json.loads(out)
     assert code == 0 and len(rows) == 3 and all(r["test_auc_ci"] for r in rows) and all(r["vs_first"] for r in rows[1:])
+
+    import sqlite3  # a store from before 2026-12-07 recorded plain paths, not file:// URIs: moved likewise
+    legacy = tmp_path / "legacy"
+    shutil.copytree(moved, legacy)
+    with sqlite3.connect(legacy / "mlflow.db") as con:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                        ((moved / "mlartifacts").as_uri(), str(moved / "mlartifacts")))
+    code, out, err = cli("recommend", "--json", "--results-dir", str(legacy))
+    assert code == 0 and json.loads(out) == [before] and f"moved or copied from {moved}" in " ".join(err.split())

@@ -148,7 +148,6 @@ class Stores:
         folder holds ``mlartifacts/`` and ``mlflow.db`` names another one, point every location into this
         folder (experiments, runs, registered model versions, logged models). Returns what was done, or None."""
         import sqlite3
-        from urllib.parse import unquote, urlparse
 
         from ..errors import UserError
 
@@ -161,7 +160,7 @@ class Stores:
                 recorded = {loc.rsplit("/", 1)[0] for (loc,) in con.execute("SELECT artifact_location FROM experiments") if loc}
             except sqlite3.Error:
                 return None  # no schema yet (or a damaged file: named by check())
-            old = sorted(r for r in recorded if r.startswith("file://") and r.endswith("/mlartifacts") and r != self.artifact_root)
+            old = sorted(r for r in recorded if r.endswith("/mlartifacts") and _local_dir(r) not in (None, here))
             if not old:
                 return None
             columns = {t: {row[1] for row in con.execute(f"PRAGMA table_info({t})")} for t in _ARTIFACT_COLUMNS}
@@ -173,14 +172,24 @@ class Stores:
                                 con.execute(f"UPDATE {table} SET {name} = ? || substr({name}, ?) WHERE substr({name}, 1, ?) = ?",
                                             (self.artifact_root + "/", len(prefix) + 2, len(prefix) + 1, prefix + "/"))
             except sqlite3.OperationalError as exc:
-                raise UserError(f"{db} records its artifacts in {', '.join(unquote(urlparse(p).path) for p in old)}, not in "
+                raise UserError(f"{db} records its artifacts in {', '.join(str(_local_dir(p)) for p in old)}, not in "
                                 f"{here} beside it (the folder was moved or copied), and cannot be updated ({exc}). Make it "
                                 "writable, then run the command again.") from None
-        return (f"This results dir was moved or copied from {', '.join(str(Path(unquote(urlparse(p).path)).parent) for p in old)}: "
+        return (f"This results dir was moved or copied from {', '.join(str(_local_dir(p).parent) for p in old)}: "
                 f"its artifact locations now point into {here}.")
 
     def exists(self) -> bool:
         return not self.local_tracking or sqlite_file(self.tracking_uri).is_file()
+
+
+def _local_dir(location: str) -> Path | None:
+    """The folder of a local artifact location: a ``file://`` URI (percent-decoded) or, as freezebench recorded
+    them before 2026-12-07, a plain absolute path; None for any other store (s3://, mlflow-artifacts:, ...)."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file://"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if location.startswith("/") else None
 
 
 _ARTIFACT_COLUMNS = {"experiments": {"artifact_location"}, "runs": {"artifact_uri"},
