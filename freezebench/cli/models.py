@@ -264,6 +264,7 @@ def predict_cmd(model_dir, images, out, as_json):
 
     from ..engine.saved import load_model
     from ..imagefiles import read_images, sweep_orphans
+    from ..imageio import resize_one
 
     if any(not item.strip() for item in images):  # Path("") would be the current folder
         raise UserError("An empty IMAGES argument: name image files, folders or CSV files.")
@@ -273,9 +274,9 @@ def predict_cmd(model_dir, images, out, as_json):
         check_writable(Path(out), f"--out {out}", "Name a file in a folder you can write to.")
     files = [f for item in map(Path, images) for f in _image_files(item)]
     saved = load_model(model_dir)
-    probs, batch = [], []
-    for image in read_images(files):  # decoded a batch at a time: memory does not grow with the number of files
-        batch.append(image)
+    spec, probs, batch = saved.manifest["input"], [], []
+    for image in read_images(files):  # decoded a few at a time: memory grows with neither the files nor their pixels
+        batch.append(resize_one(image, spec["image_size"], spec["resize_mode"]).transpose(1, 2, 0))  # what the model reads
         if len(batch) == PREDICT_BATCH:
             probs.append(saved.predict(batch))
             batch = []
