@@ -178,3 +178,15 @@ def test_sigterm_mid_trial_closes_it_as_ctrl_c_does_and_a_rerun_goes_on_at_once(
     runs = {r.data.tags["freezebench.optuna_trial"]: r for r in client.search_runs([exp.experiment_id], "tags.`freezebench.role` = 'trial'")}
     assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["freezebench.state"] == "interrupted"
     assert [runs[n].info.status for n in ("0", "2", "3")] == ["FINISHED"] * 3
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path):
+    """`nohup freezebench run` ignores SIGHUP before freezebench starts: its handler for a closed terminal must
+    not undo that (the run would stop when the terminal closes). Checked in a process started that way."""
+    code = ("import signal, sys\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from freezebench.cli import _on_termination\n"
+            "changed = _on_termination()\n"
+            "sys.exit(0 if signal.SIGHUP not in changed and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN\n"
+            "        and signal.SIGTERM in changed else 1)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -60,7 +60,8 @@ def _on_termination():
     if threading.current_thread() is not threading.main_thread():
         return {}
     wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
-    return {s: signal.signal(s, _terminated) for s in wanted}
+    # a signal the parent set to be ignored stays ignored: `nohup freezebench run ...` must outlive its terminal
+    return {s: signal.signal(s, _terminated) for s in wanted if signal.getsignal(s) == signal.SIG_DFL}
 
 
 def main(argv: list[str] | None = None) -> None:
