@@ -190,3 +190,12 @@ def test_nohup_keeps_sighup_ignored(tmp_path):
             "sys.exit(0 if signal.SIGHUP not in changed and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN\n"
             "        and signal.SIGTERM in changed else 1)\n")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    # `nohup freezebench ui`: the server it serves outlives a SIGHUP (before, it was stopped at once)
+    code = ("import os, signal, sys, threading, time\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from freezebench.cli.results import serve\n"
+            "threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGHUP)).start()\n"
+            "start = time.time()\n"
+            "status = serve([sys.executable, '-c', 'import time; time.sleep(3); raise SystemExit(7)'])\n"
+            "sys.exit(0 if status == 7 and time.time() - start > 2.5 else 1)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

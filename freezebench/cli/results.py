@@ -234,7 +234,8 @@ def serve(cmd: list[str]) -> int:
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                if signal.getsignal(s) != signal.SIG_IGN}  # ignored by the parent (nohup): stays ignored
     try:
         while True:
             try:
