@@ -62,14 +62,13 @@ def _card(rec, manifest: dict) -> str:
 
 def _fetch(tracker, run_ids: list[str], staging, rec):
     """The model folder of one run, or an ensemble folder of several (``seed-N/`` each), fetched into ``staging``."""
-    from ..engine.saved import save_ensemble
-    from ..results import layout
-
     import shutil
 
     from mlflow.exceptions import MlflowException
 
+    from ..engine.saved import save_ensemble
     from ..errors import StoreFault
+    from ..results import layout
 
     listed = {run_id: tracker.client.list_artifacts(run_id, layout.MODEL_FOLDER) for run_id in run_ids}
     for run_id, files in listed.items():
@@ -120,10 +119,8 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     from pathlib import Path
 
     from ..imagefiles import sweep_orphans
-
     from ..results import layout
     from ..results.recommend import recommend
-
     from ..writable import check_writable
 
     target = Path(out).resolve()
