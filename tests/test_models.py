@@ -175,6 +175,10 @@ def test_export_and_predict_mistakes_are_named(study, cli, tmp_path):
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "one.png"), "--out", str(tmp_path / "new" / "p.csv"))
     assert code == 0 and (tmp_path / "new" / "p.csv").read_text().count("\n") == 2  # its folder made; header and row
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["p.csv"]
+    code, _, err = cli("predict", "--model", str(good), str(tmp_path / "one.png"), str(tmp_path / "one.png"),
+                       "--out", str(tmp_path / "new" / "p.csv"))  # the same --out again: replaced
+    assert code == 0 and (tmp_path / "new" / "p.csv").read_text().count("\n") == 3, err
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["p.csv"]
     code, _, err = cli("predict", "--model", str(good), "")  # not the current folder
     assert code == 2 and "empty IMAGES argument" in err
     code, _, err = cli("predict", "--model", str(good), str(tmp_path / "missing.png"))

@@ -154,7 +154,7 @@ def export_cmd(dataset, out, suite, study, run_id, single, register, results_dir
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(target)  # the staging folders of exports killed earlier
     staging = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from an earlier export in it
+    shutil.rmtree(staging, ignore_errors=True)  # left, young, by a killed process that had this pid
     staging.mkdir()
     try:  # fetched and written beside the target, then renamed into place: never half a model folder
         folder = _fetch(tracker, members or [run_id], staging, rec)
@@ -252,7 +252,6 @@ def predict_cmd(model_dir, images, out, as_json):
     """Class probabilities for IMAGES (image files, folders of images, or CSV files with a path column)
     from an exported model."""
     import csv
-    import os
     from pathlib import Path
 
     import numpy as np
@@ -260,15 +259,16 @@ def predict_cmd(model_dir, images, out, as_json):
     from rich.table import Table
 
     from ..engine.saved import load_model
-    from ..imagefiles import read_images, sweep_orphans
+    from ..imagefiles import read_images
     from ..imageio import resize_one
+    from ..writable import written_whole
 
     if any(not item.strip() for item in images):  # Path("") would be the current folder
         raise UserError("An empty IMAGES argument: name image files, folders or CSV files.")
     if out:
         from ..writable import check_writable
 
-        check_writable(Path(out), f"--out {out}", "Name a file in a folder you can write to.")
+        check_writable(Path(out).parent, f"--out {out}", "Name a file in a folder you can write to.")
     files = [f for item in map(Path, images) for f in _image_files(item)]
     saved = load_model(model_dir)
     spec, probs, batch = saved.manifest["input"], [], []
@@ -282,17 +282,10 @@ def predict_cmd(model_dir, images, out, as_json):
     rows = [{"file": str(f), "predicted": classes[int(p.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, p)}}
             for f, p in zip(files, probs)]
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        sweep_orphans(Path(out))  # left by a predict killed while writing
-        tmp = f"{out}.{os.getpid()}.tmp"
-        try:  # whole or not at all
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with written_whole(Path(out)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     if as_json:
         print_json(rows)
         return

@@ -17,7 +17,6 @@ from .options import open_results, store_options
 def report_cmd(suite, out_dir, results_dir, storage, tracking_uri):
     """Write one self-contained HTML file for SUITE: leaderboards, studies, figures, configuration."""
     from ..results.report import build_report
-
     from ..writable import check_writable
 
     check_writable(Path(out_dir), f"--out {out_dir}", "Name a folder you can write to.")

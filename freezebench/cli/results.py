@@ -134,7 +134,7 @@ def leaderboard_cmd(dataset, metric, suite, limit, group_by, cheapest, as_json, 
     """Trials ranked by their best validation metric, with test metrics: of DATASET, or of every dataset."""
     from ..results.leaderboard import boards, cheapest_first, leaderboard
 
-    tracker = _tracker(results_dir, storage, tracking_uri)
+    _, tracker = open_results(results_dir, storage, tracking_uri)
     chosen = boards(tracker, dataset, metric, suite)
     if as_json:
         out = []
@@ -163,7 +163,7 @@ def recommend_cmd(dataset, metric, suite, as_json, results_dir, storage, trackin
     from ..results.leaderboard import boards, leaderboard
     from ..results.recommend import recommendations
 
-    tracker = _tracker(results_dir, storage, tracking_uri)
+    _, tracker = open_results(results_dir, storage, tracking_uri)
     predictions = Predictions(tracker.client)
     recs = []
     for name, by in boards(tracker, dataset, metric, suite):
@@ -178,10 +178,6 @@ def recommend_cmd(dataset, metric, suite, as_json, results_dir, storage, trackin
     for rec in recs:
         for line in rec.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _tracker(results_dir, storage, tracking_uri):
-    return open_results(results_dir, storage, tracking_uri)[1]
 
 
 def ui_command(stores, port: int) -> list[str]:

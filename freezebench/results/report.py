@@ -17,7 +17,6 @@ import base64
 import functools
 import html
 import io
-import os
 import shlex
 import tempfile
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from pathlib import Path
 from .. import plugins
 from ..analysis import DEFAULT_SECTION, StudyRecords, best_per_group, close_figures, colour, pyplot
 from ..errors import UserError
+from ..writable import written_whole
 from . import layout
 from .evidence import Predictions
 from .folds import cross_validated
@@ -267,15 +267,8 @@ def build_report(tracker: Tracker, suite: str, out_dir: Path) -> Path:
     page = _PAGE.format(suite=html.escape(suite), n=len(studies), answers="\n".join(answers), across=across_html,
                         boards="\n".join(boards), legend=html.escape(VS_FIRST_LEGEND), views="\n".join(views), provenance="\n".join(provenance),
                         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), store=html.escape(tracker.tracking_uri))
-    from ..imagefiles import sweep_orphans
-
-    sweep_orphans(path)  # left by a report killed while writing
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # its own: two reports at once each write whole
-    try:
+    with written_whole(path) as tmp:  # two reports at once each write whole; a killed one leaves nothing for good
         tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -447,9 +447,6 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
                                 lambda uri: Tracker(uri, stores.artifact_root).client.search_experiments(max_results=1))
             tracker = Tracker(stores.tracking_uri, stores.artifact_root)
             tracker.client.search_experiments(max_results=1)
-            moved = stores.relocate_artifacts()  # a moved results dir: its runs' artifacts stay in it
-            if moved:
-                reporter.note("", moved)
         except Exception as exc:  # a damaged SQLite file, a half-finished migration, a server that refuses
             if fault_of(exc):
                 raise StoreFault(f"Cannot write the MLflow store {stores.tracking_uri}: {fault_of(exc)}. Nothing was "
@@ -459,6 +456,9 @@ def run_suite(plans: "list[StudyPlan] | PreparedSuite", stores: Stores, reporter
                             "up), the file is damaged: move it away and run again; finished results are in optuna.db "
                             "and mlartifacts/.") from None
         stores.create_whole(stores.optuna_url, storage)
+        moved = stores.relocate_artifacts()  # a moved results dir: its runs' artifacts stay in it
+        if moved:
+            reporter.note("", moved)
     for plan in plans:  # before anything is written: one label, one task
         clash = tracker.experiment_clash(plan.dataset_ref.label, dataset_about(plan))
         if clash:
